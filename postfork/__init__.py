@@ -1,0 +1,37 @@
+"""postfork: fork-safe network clients for prefork servers.
+
+Register a client once (``postfork.register(client)``) or build it per process
+(``postfork.local(factory)``); every process forked afterwards resets it before use. Importing
+postfork installs the ``os.register_at_fork`` hook that runs :func:`reset_all` in each child;
+the server integrations in ``postfork.integrations`` run it again where a server skips that hook.
+"""
+
+from __future__ import annotations
+
+from ._adapters import adapter
+from ._errors import ForkSafetyError, ForkSafetyWarning, ResetError
+from ._guard import Finding, check, guard
+from ._local import Local, local
+from ._registry import after_fork, register, registered, reset_all, unregister
+from ._report import Entry, Report
+
+__all__ = [
+    "register",
+    "unregister",
+    "registered",
+    "after_fork",
+    "local",
+    "Local",
+    "reset_all",
+    "Report",
+    "Entry",
+    "ResetError",
+    "adapter",
+    "guard",
+    "check",
+    "Finding",
+    "ForkSafetyWarning",
+    "ForkSafetyError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""``postfork.local``: a client built lazily, once per process."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Generic, List, Optional, TypeVar
+
+from ._registry import REGISTRY
+
+__all__ = ["Local", "local"]
+
+T = TypeVar("T")
+_UNBUILT: Any = object()
+
+# Instances a child inherited from its parent. They are kept, never dropped: dropping the last
+# reference would run their finalizers in the child (a buffered file flushed twice, a client
+# saying goodbye on a socket the parent still uses). The parent's process owns them.
+_inherited: List[Any] = []
+
+
+class Local(Generic[T]):
+    """This process's instance of ``factory()``, built on first use in each process.
+
+    ``local()`` or ``local.get()`` returns it; any other attribute is forwarded to it, so
+    ``mongo = postfork.local(lambda: MongoClient(url)); mongo.db.users.find_one()`` works.
+    The hot path is one attribute read and one identity test: no system call. The registry
+    invalidates the instance in every child (from the at-fork hook, or the integration's
+    ``reset_all()`` under servers that skip at-fork hooks).
+    """
+
+    __slots__ = ("_factory", "_name", "_instance", "_lock", "__weakref__")
+
+    def __init__(self, factory: Callable[[], T], *, name: Optional[str] = None) -> None:
+        if not callable(factory):
+            raise TypeError(
+                f"postfork.local() takes a factory, a callable with no argument that builds the "
+                f"client, got {factory!r}; e.g. postfork.local(lambda: redis.Redis.from_url(url))"
+            )
+        object.__setattr__(self, "_factory", factory)
+        object.__setattr__(self, "_name", name or f"local({getattr(factory, '__qualname__', factory)!s})")
+        object.__setattr__(self, "_instance", _UNBUILT)
+        object.__setattr__(self, "_lock", threading.Lock())
+        REGISTRY.add(self, Local._invalidate, self._name)
+
+    def get(self) -> T:
+        instance = self._instance
+        if instance is _UNBUILT:
+            return self._build()
+        return instance  # type: ignore[no-any-return]
+
+    __call__ = get
+
+    def _build(self) -> T:
+        with self._lock:  # two threads of one process build one instance
+            if self._instance is _UNBUILT:
+                object.__setattr__(self, "_instance", self._factory())
+            return self._instance  # type: ignore[no-any-return]
+
+    def _invalidate(self) -> None:
+        # In the child: a parent thread may hold the build lock at fork; it is never released.
+        object.__setattr__(self, "_lock", threading.Lock())
+        if self._instance is not _UNBUILT:
+            _inherited.append(self._instance)
+            object.__setattr__(self, "_instance", _UNBUILT)
+
+    @property
+    def built(self) -> bool:
+        """True when this process has built its instance."""
+        return self._instance is not _UNBUILT
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.get(), name, value)
+
+    def __repr__(self) -> str:
+        state = "built" if self._instance is not _UNBUILT else "not built in this process"
+        return f"<postfork.local {self._name}: {state}>"
+
+
+def local(factory: Callable[[], T], *, name: Optional[str] = None) -> Local[T]:
+    """A per-process lazy client: see :class:`Local`."""
+    return Local(factory, name=name)

@@ -1,0 +1,83 @@
+"""Real services for the suite: Redis, PostgreSQL, RabbitMQ on this machine, MockupDB for MongoDB.
+
+A missing service skips its tests with the reason, unless POSTFORK_REQUIRE_SERVICES=1 (CI),
+where it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
+
+
+def _missing(what: str, why: str) -> None:
+    msg = f"{what} is not reachable ({why})"
+    if REQUIRED:
+        pytest.fail(msg + "; POSTFORK_REQUIRE_SERVICES=1 requires it", pytrace=False)
+    pytest.skip(msg)
+
+
+def _tcp_up(url: str, default_port: int) -> bool:
+    u = urlparse(url)
+    try:
+        socket.create_connection((u.hostname or "127.0.0.1", u.port or default_port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        _missing(f"Redis at {REDIS_URL}", repr(exc))
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        psycopg.connect(POSTGRES_DSN, connect_timeout=2).close()
+    except Exception as exc:
+        _missing(f"PostgreSQL at {POSTGRES_DSN}", repr(exc))
+    return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    if not _tcp_up(AMQP_URL, 5672):
+        _missing(f"RabbitMQ at {AMQP_URL}", "connection refused")
+    return AMQP_URL
+
+
+@pytest.fixture
+def mockupdb() -> Iterator["object"]:
+    """A MockupDB server speaking the MongoDB wire protocol (maxWireVersion 17), answering
+    hello/ismaster and ping, for the real PyMongo to talk to."""
+    mockup = pytest.importorskip("mockupdb")
+    server = mockup.MockupDB(auto_ismaster={"maxWireVersion": 17, "minWireVersion": 0},
+                             max_wire_version=17)
+    server.autoresponds("ping", ok=1)
+    server.run()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_key() -> str:
+    return f"postfork-test:{uuid.uuid4().hex}"
