@@ -12,7 +12,7 @@ from ._adapters import adapter
 from ._errors import ForkSafetyError, ForkSafetyWarning, ResetError
 from ._guard import Finding, check, guard
 from ._local import Local, local
-from ._registry import after_fork, register, registered, reset_all, unregister
+from ._registry import after_fork, close_all, register, registered, reset_all, unregister
 from ._report import Entry, Report
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "local",
     "Local",
     "reset_all",
+    "close_all",
     "Report",
     "Entry",
     "ResetError",

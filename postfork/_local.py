@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Generic, List, Optional, TypeVar
 
-from ._registry import REGISTRY
+from ._registry import REGISTRY, _close_default
 
 __all__ = ["Local", "local"]
 
@@ -62,6 +62,14 @@ class Local(Generic[T]):
         if self._instance is not _UNBUILT:
             _inherited.append(self._instance)
             object.__setattr__(self, "_instance", _UNBUILT)
+
+    def _close(self) -> None:
+        instance = self._instance
+        if instance is not _UNBUILT:
+            object.__setattr__(self, "_instance", _UNBUILT)
+            _close_default(instance)
+
+    _invalidate.close = _close  # type: ignore[attr-defined]
 
     @property
     def built(self) -> bool:

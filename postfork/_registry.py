@@ -20,7 +20,7 @@ from ._adapters import find_adapter
 from ._errors import ForkSafetyError, ResetError
 from ._report import Entry, Report
 
-__all__ = ["register", "unregister", "after_fork", "reset_all", "registered"]
+__all__ = ["register", "unregister", "after_fork", "reset_all", "close_all", "registered"]
 
 log = logging.getLogger("postfork")
 T = TypeVar("T")
@@ -107,6 +107,20 @@ class Registry:
             raise ForkSafetyError(report, report.findings)
         return report
 
+    def close(self) -> Report:
+        """Close this process's own clients gracefully, last registered first (a worker that
+        exits says goodbye on its own connections; the master's are never touched here because
+        the integrations call this only in the worker)."""
+        report = Report(pid=os.getpid())
+        started = time.perf_counter()
+        for entry in reversed(list(self._entries.values())):
+            obj = entry.ref()
+            closer = getattr(entry.reset, "close", None) or _close_default
+            if obj is not None and closer is not _no_close:
+                report.entries.append(_run_one(entry.name, closer, obj))
+        report.seconds = time.perf_counter() - started
+        return report
+
     def before_fork(self) -> None:
         # Adapters with a ``before_fork`` (files: flush the buffer so that the child cannot
         # write the parent's pending bytes a second time) run here, in the parent.
@@ -136,6 +150,18 @@ def _run_one(name: str, reset: Callable[[Any], Any], obj: Any) -> Entry:
         log.error("postfork: reset of %s failed in pid %d", name, os.getpid(), exc_info=True)
         return Entry(name, False, exc, time.perf_counter() - started)
     return Entry(name, True, None, time.perf_counter() - started)
+
+
+def _close_default(obj: Any) -> None:
+    close = getattr(obj, "close", None)
+    if callable(close):
+        result = close()
+        if hasattr(result, "close") and hasattr(result, "send"):  # a coroutine: async client
+            result.close()  # nothing to await in a worker that is exiting; do not warn
+
+
+def _no_close(obj: Any) -> None:
+    """Marker: this entry has nothing to close (callbacks)."""
 
 
 def _strict() -> bool:
@@ -209,6 +235,15 @@ class _Callback:
 
     def call(self) -> None:
         self.func()
+
+    call.close = _no_close  # type: ignore[attr-defined]
+
+
+def close_all() -> Report:
+    """Close every managed client of this process gracefully (``obj.close()`` or the
+    adapter's ``close``), last registered first; for a worker that exits. Errors are recorded
+    and logged, never raised."""
+    return REGISTRY.close()
 
 
 def registered(obj: Any) -> bool:
