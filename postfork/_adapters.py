@@ -10,12 +10,15 @@ built-in table below, whose modules are imported only when an object of theirs i
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, Optional, TypeVar, Union
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional, TypeVar, Union
+
+    Reset = Callable[[Any], Any]
+    R = TypeVar("R", bound=Reset)
 
 __all__ = ["adapter", "find_adapter", "qualname"]
-
-Reset = Callable[[Any], Any]
-R = TypeVar("R", bound=Reset)
 
 # qualified class name -> "module:function" in postfork.adapters
 _BUILTIN: Dict[str, str] = {

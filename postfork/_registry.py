@@ -9,22 +9,34 @@ in every child, and the server integrations call it again, which is then a no-op
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import TYPE_CHECKING
 
 from ._adapters import find_adapter
 from ._errors import ForkSafetyError, ResetError
 from ._report import Entry, Report
 
-__all__ = ["register", "unregister", "after_fork", "reset_all", "close_all", "registered"]
+if TYPE_CHECKING:
+    from logging import Logger
+    from typing import Any, Callable, Dict, List, Optional, TypeVar
 
-log = logging.getLogger("postfork")
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[[], Any])
+    T = TypeVar("T")
+    F = TypeVar("F", bound=Callable[[], Any])
+
+__all__ = ["register", "unregister", "after_fork", "reset_all", "close_all", "registered", "log"]
+
+
+def log() -> Logger:
+    """The ``postfork`` logger. ``logging`` is imported on first use, not with postfork: a
+    failure always logs, but a clean run logs its summary only where the application has
+    imported logging (elsewhere no handler could have been configured to show it)."""
+    import logging
+
+    return logging.getLogger("postfork")
 
 
 class _Registration:
@@ -98,9 +110,9 @@ class Registry:
             _guard.after_resets(report)
             report.seconds = time.perf_counter() - started
             if report.failed:
-                log.warning("%s", report)
-            else:
-                log.debug("%s", report)
+                log().warning("%s", report)
+            elif "logging" in sys.modules:
+                log().debug("%s", report)
         if report.failed and _strict():
             raise ResetError(report)
         if report.findings and _guard.mode() == "raise":
@@ -131,7 +143,7 @@ class Registry:
                 try:
                     hook(obj)
                 except Exception:
-                    log.exception("postfork: before-fork hook of %s failed", entry.name)
+                    log().exception("postfork: before-fork hook of %s failed", entry.name)
 
     def after_fork_in_child(self) -> None:
         # A thread of the parent may have held the registry lock at fork; it never releases it.
@@ -147,7 +159,7 @@ def _run_one(name: str, reset: Callable[[Any], Any], obj: Any) -> Entry:
     try:
         reset(obj)
     except Exception as exc:
-        log.error("postfork: reset of %s failed in pid %d", name, os.getpid(), exc_info=True)
+        log().error("postfork: reset of %s failed in pid %d", name, os.getpid(), exc_info=True)
         return Entry(name, False, exc, time.perf_counter() - started)
     return Entry(name, True, None, time.perf_counter() - started)
 

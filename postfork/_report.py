@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import List, Optional
+
     from ._guard import Finding
 
 __all__ = ["Entry", "Report"]
 
 
-@dataclass(frozen=True)
 class Entry:
     """One registered reset, after-fork callback or ``local`` invalidation, as it ran."""
 
-    name: str
-    ok: bool
-    error: Optional[BaseException] = None
-    seconds: float = 0.0
+    __slots__ = ("name", "ok", "error", "seconds")
+
+    def __init__(self, name: str, ok: bool, error: Optional[BaseException] = None,
+                 seconds: float = 0.0) -> None:
+        self.name = name
+        self.ok = ok
+        self.error = error
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return f"Entry(name={self.name!r}, ok={self.ok}, error={self.error!r}, seconds={self.seconds:.6f})"
 
     def __str__(self) -> str:
         if self.ok:
@@ -26,35 +33,43 @@ class Entry:
         return f"{self.name}: FAILED: {type(self.error).__name__}: {self.error}"
 
 
-@dataclass
 class Report:
     """The outcome of :func:`postfork.reset_all` in process ``pid``.
 
-    ``entries`` keep registration order. ``findings`` are the guard's (empty while it is off).
+    ``entries`` keep registration order; ``findings`` are the guard's (empty while it is off).
     """
 
-    pid: int
-    entries: List[Entry] = field(default_factory=list)
-    findings: List["Finding"] = field(default_factory=list)
-    seconds: float = 0.0
+    __slots__ = ("pid", "entries", "findings", "seconds")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.entries: List[Entry] = []
+        self.findings: List[Finding] = []
+        self.seconds = 0.0
 
     @property
     def failed(self) -> List[Entry]:
+        """The entries whose reset raised."""
         return [e for e in self.entries if not e.ok]
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
+    def __repr__(self) -> str:
+        return (f"Report(pid={self.pid}, entries={len(self.entries)}, failed={len(self.failed)}, "
+                f"findings={len(self.findings)}, seconds={self.seconds:.6f})")
+
     def __str__(self) -> str:
         n = len(self.entries)
+        failed = self.failed
         line = (
             f"postfork: reset {n} client{'' if n == 1 else 's'} in {self.seconds * 1e3:.1f} ms"
-            f" (pid {self.pid}), {len(self.failed)} failed"
+            f" (pid {self.pid}), {len(failed)} failed"
         )
-        failed = self.failed
         if failed:
             line += ": " + "; ".join(str(e) for e in failed)
         if self.findings:
-            line += f", {len(self.findings)} guard finding{'' if len(self.findings) == 1 else 's'}"
+            k = len(self.findings)
+            line += f", {k} guard finding{'' if k == 1 else 's'}"
         return line
