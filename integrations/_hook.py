@@ -1,0 +1,61 @@
+"""The body every server hook shares: switch the guard on, run the resets, log the outcome.
+
+Each integration calls :func:`reset_and_log` with its server's own logging functions, so the
+summary line and every failure land in the server's log (gunicorn's error log, uWSGI's log,
+Celery's worker log) rather than only on the ``postfork`` logger.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import postfork
+from postfork import ForkSafetyError, Report, ResetError
+
+__all__ = ["default_guard", "reset_and_log"]
+
+Log = Callable[[str], object]
+
+
+def default_guard() -> None:
+    """Switch the guard on in ``warn`` mode unless the user chose a mode already.
+
+    ``POSTFORK_GUARD`` in the environment wins (the guard reads it itself), and so does an
+    explicit ``postfork.guard(...)`` call made before the integration was imported.
+    """
+    if os.environ.get("POSTFORK_GUARD", "").strip():
+        return
+    from postfork import _guard
+
+    if getattr(_guard, "_mode", None) is not None:  # postfork.guard() was called already
+        return
+    postfork.guard("warn")
+
+
+def reset_and_log(info: Log, error: Log) -> Report:
+    """Run ``postfork.reset_all()`` (a no-op repeat if the at-fork hook ran it already) and log
+    the one-line summary with ``info`` and each failed reset with ``error``.
+
+    Raises only what ``reset_all`` raises, i.e. only in strict mode (``POSTFORK_STRICT=1``) or
+    with the guard in ``raise`` mode; the failures are logged first, so the server's log names
+    the failing client even when the server swallows the exception.
+    """
+    try:
+        report = postfork.reset_all()
+    except (ResetError, ForkSafetyError) as exc:
+        _log(exc.report, info, error)
+        if isinstance(exc, ForkSafetyError):
+            error(str(exc))  # lists every finding; failed resets are logged above
+        raise
+    _log(report, info, error)
+    return report
+
+
+def _log(report: Report, info: Log, error: Log) -> None:
+    info(str(report))
+    for entry in report.failed:
+        error(
+            f"postfork: reset of {entry.name} failed in pid {report.pid}: "
+            f"{type(entry.error).__name__}: {entry.error}"
+        )
