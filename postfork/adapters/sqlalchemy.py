@@ -1,0 +1,87 @@
+"""SQLAlchemy: an ``Engine`` (or an ``AsyncEngine``'s sync engine) gets a new, empty pool in
+the child, as ``engine.dispose(close=False)`` does (SQLAlchemy's own recipe for a forked child).
+
+``dispose(close=False)`` only swaps in a new pool (no lock taken, no I/O): the new pool
+connects lazily on first use, and the inherited pool is dropped without closing its
+connections, which are the parent's. Where the driver is psycopg 3 or psycopg2, the dropped
+idle connections' sockets are also retired, so that the child holds no live copy of the
+parent's connections (nothing is sent on them). Connections checked out at fork time belong
+to the old pool and stay the parent's: do not fork while holding one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, List
+
+from .._adapters import qualname
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool import Pool
+
+__all__ = ["reset_engine", "reset_async_engine"]
+
+
+def reset_engine(engine: "Engine") -> None:
+    """Give ``engine`` a new pool in this process; retire the inherited idle connections."""
+    old = engine.pool
+    engine.dispose(close=False)
+    for record in _idle_records(old):
+        _retire_driver_connection(getattr(record, "driver_connection", None))
+
+
+def reset_async_engine(engine: "AsyncEngine") -> None:
+    """The same on the ``AsyncEngine``'s sync engine: swapping the pool needs no await."""
+    reset_engine(engine.sync_engine)
+
+
+def _idle_records(pool: "Pool") -> Iterable[Any]:
+    # Read without the pools' locks (a parent thread may hold them); the child is the only
+    # thread left that could touch them.
+    queue = getattr(pool, "_pool", None)  # QueuePool, AsyncAdaptedQueuePool
+    if queue is not None:
+        items = getattr(queue, "queue", None)  # sqlalchemy.util.queue.Queue: a deque
+        if items is None:  # AsyncAdaptedQueue: an asyncio.Queue built on first use
+            items = getattr(queue.__dict__.get("_queue"), "_queue", None)
+        return list(items or ())
+    records: List[Any] = list(getattr(pool, "_all_conns", ()))  # SingletonThreadPool
+    static = pool.__dict__.get("connection")  # StaticPool, once connected
+    if static is not None:
+        records.append(static)
+    return records
+
+
+def _retire_driver_connection(conn: Any) -> None:
+    if conn is None:
+        return
+    classes = {qualname(klass) for klass in type(conn).__mro__}
+    if "psycopg._connection_base.BaseConnection" in classes:  # sync and async psycopg 3
+        from . import psycopg
+
+        psycopg.retire_connection(conn)
+    elif "psycopg2.extensions.connection" in classes:
+        from . import psycopg2
+
+        psycopg2.retire_connection(conn)
+
+
+def _dispose(engine: "Engine") -> None:
+    engine.dispose()
+
+
+def _dispose_async(engine: "AsyncEngine") -> None:
+    # close_all() runs in a worker that is exiting, from synchronous code (gunicorn's
+    # worker_exit, Celery's worker_process_shutdown): run the coroutine on a loop of its own.
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(engine.dispose())
+    else:  # inside a running loop nothing can be awaited from here: leave it to exit
+        pass
+
+
+reset_engine.close = _dispose  # type: ignore[attr-defined]
+reset_async_engine.close = _dispose_async  # type: ignore[attr-defined]
