@@ -1,0 +1,104 @@
+"""Threads: where each was started and by which client, and which were alive at fork.
+
+Only the forking thread exists in a child; every other thread of the parent is gone, and any
+lock it held at that instant stays held forever. The guard names them. ``Thread.start`` is
+wrapped (while the guard is on) to record the start site and the owning client (a
+``MongoClient`` starts its monitors), so that the threads of a managed client are not findings.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from . import _tracking
+
+__all__ = ["ThreadOrigin", "AliveThread", "install", "alive_threads"]
+
+
+@dataclass(frozen=True)
+class ThreadOrigin:
+    """Recorded when a thread started while the guard was on."""
+
+    file: Optional[str]
+    line: int
+    owner: Optional[_tracking.Origin]  # the tracked client that started it, if any
+
+    @property
+    def site(self) -> Optional[str]:
+        if self.file is None and self.owner is not None:
+            return self.owner.site
+        return _tracking.format_site(self.file, self.line)
+
+    @property
+    def server(self) -> bool:
+        """Started by the prefork server for itself (Celery's timers, gunicorn's...)."""
+        return self.owner is None and _tracking.is_server_site(self.file)
+
+
+@dataclass(frozen=True)
+class AliveThread:
+    """A thread other than the caller's, alive at the time of the snapshot."""
+
+    name: str
+    ident: Optional[int]
+    daemon: bool
+    origin: Optional[ThreadOrigin]
+
+
+_original_start = threading.Thread.start
+_installed = False
+
+
+def _start(self: threading.Thread) -> None:
+    if _tracking.enabled():
+        try:
+            self._postfork_origin = _origin_here()  # type: ignore[attr-defined]
+        except Exception:  # recording must never stop a thread from starting
+            pass
+    _original_start(self)
+
+
+def _origin_here() -> ThreadOrigin:
+    owner = _tracking.owner_hint()
+    file, line = _tracking.site_of_caller(2)
+    if owner is None:
+        owner = _owner_on_stack()
+    return ThreadOrigin(file, line, owner)
+
+
+def _owner_on_stack(limit: int = 40) -> Optional[_tracking.Origin]:
+    """A tracked object whose method is on the stack: PyMongo starts a monitor lazily from
+    ``MongoClient._get_topology()``, long after its ``__init__``."""
+    frame = sys._getframe(3)
+    while frame is not None and limit:
+        if frame.f_code.co_varnames[:1] == ("self",):
+            origin = _tracking.origin_of(frame.f_locals.get("self"))
+            if origin is not None:
+                return origin
+        frame = frame.f_back  # type: ignore[assignment]
+        limit -= 1
+    return None
+
+
+def install() -> None:
+    global _installed
+    if not _installed:
+        _installed = True
+        threading.Thread.start = _start  # type: ignore[method-assign]
+
+
+def alive_threads() -> List[AliveThread]:
+    """Every thread alive now except the calling one."""
+    me = threading.current_thread()
+    return [
+        AliveThread(t.name, t.ident, t.daemon, getattr(t, "_postfork_origin", None))
+        for t in threading.enumerate()
+        if t is not me
+    ]
+
+
+def origin_of_thread(thread: Any) -> Optional[ThreadOrigin]:
+    return getattr(thread, "_postfork_origin", None)
