@@ -289,8 +289,9 @@ def _thread_findings(threads: Iterable["AliveThread"], master: int, here: int,
     return found
 
 
-def _socket_findings(snapshot: Optional[_Snapshot], here: int) -> List[Finding]:
-    """Connected sockets inherited from the master and still open after the resets."""
+def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int]) -> List[Finding]:
+    """Connected sockets inherited from the master and still open after the resets; those of a
+    client already reported (``reported``: ids) are part of its finding."""
     import socket
 
     from . import _fds, _tracking
@@ -303,13 +304,14 @@ def _socket_findings(snapshot: Optional[_Snapshot], here: int) -> List[Finding]:
         inherited = set(snapshot.sockets.values())
     by_fd: Dict[int, "Origin"] = {}
     for origin in _tracking.origins():
-        sock = origin()
-        if isinstance(sock, socket.socket) and origin.pid != here:
+        obj = origin()
+        fileno = getattr(obj, "fileno", None)  # sockets, psycopg and psycopg2 connections
+        if fileno is not None and origin.pid != here:
             try:
-                fd = sock.fileno()
-            except OSError:
+                fd = fileno()
+            except Exception:  # closed
                 continue
-            if fd >= 0:
+            if isinstance(fd, int) and fd >= 0 and (fd not in by_fd or isinstance(obj, socket.socket)):
                 by_fd[fd] = origin
     found = []
     for fd, inode in sorted(inodes.items()):
@@ -319,7 +321,8 @@ def _socket_findings(snapshot: Optional[_Snapshot], here: int) -> List[Finding]:
                 continue  # opened in this process, or retired by a reset (dup2 onto the number)
         elif origin is None:
             continue  # no snapshot (the server skipped at-fork hooks): only what was tracked
-        if origin is not None and (_tracking.is_server_site(origin.file)):
+        if origin is not None and (_tracking.is_server_site(origin.root().file)
+                                   or id(origin.root()()) in reported):
             continue
         info = _fds.describe(fd, inode)
         if info is None or not info.connection:
@@ -353,7 +356,7 @@ def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     elif not child:
         findings += _thread_findings(_threads.alive_threads(), here, here, ids)
     if child:
-        findings += _socket_findings(snapshot, here)
+        findings += _socket_findings(snapshot, here, {id(obj) for obj, _ in clients})
     return findings
 
 

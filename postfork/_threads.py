@@ -8,7 +8,6 @@ wrapped (while the guard is on) to record the start site and the owning client (
 
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional
@@ -62,25 +61,10 @@ def _start(self: threading.Thread) -> None:
 
 
 def _origin_here() -> ThreadOrigin:
-    owner = _tracking.owner_hint()
+    # PyMongo starts a monitor lazily from MongoClient._get_topology(), long after __init__.
+    owner = _tracking.owner_hint(walk=True)
     file, line = _tracking.site_of_caller(2)
-    if owner is None:
-        owner = _owner_on_stack()
     return ThreadOrigin(file, line, owner)
-
-
-def _owner_on_stack(limit: int = 40) -> Optional[_tracking.Origin]:
-    """A tracked object whose method is on the stack: PyMongo starts a monitor lazily from
-    ``MongoClient._get_topology()``, long after its ``__init__``."""
-    frame = sys._getframe(3)
-    while frame is not None and limit:
-        if frame.f_code.co_varnames[:1] == ("self",):
-            origin = _tracking.origin_of(frame.f_locals.get("self"))
-            if origin is not None:
-                return origin
-        frame = frame.f_back  # type: ignore[assignment]
-        limit -= 1
-    return None
 
 
 def install() -> None:

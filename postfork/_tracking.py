@@ -45,6 +45,10 @@ _TARGETS: Dict[str, Tuple[str, ...]] = {
     "socket": ("socket",),
 }
 
+# Connections that a client builds for itself later, in one of its methods (an Engine's pool
+# connecting, a MongoClient's monitor): owned by the tracked object whose method is on the stack.
+_LEAVES = {("socket", "socket"), ("psycopg.connection", "Connection"), ("psycopg2", "_connect")}
+
 # Frames inside these top-level packages are "the client library" when looking for the
 # creation site. Standard-library files that build sockets and threads count as well.
 _LIBRARIES = ("redis", "pymongo", "bson", "gridfs", "sqlalchemy", "psycopg", "psycopg_pool",
@@ -196,14 +200,32 @@ def is_server_site(file: Optional[str]) -> bool:
     return False
 
 
-def owner_hint() -> Optional[Origin]:
+def owner_hint(walk: bool = False) -> Optional[Origin]:
     """Who owns what this thread builds now: the object under construction, else the owner of
-    the current thread (a pool's worker thread builds connections for its pool)."""
+    the current thread (a pool's worker thread builds connections for its pool), else with
+    ``walk`` a tracked object whose method is on the stack."""
     objects = getattr(_stack, "objects", None)
     if objects:
         return _pending.get(id(objects[-1]))
     thread_origin = getattr(threading.current_thread(), "_postfork_origin", None)
-    return getattr(thread_origin, "owner", None)
+    owner = getattr(thread_origin, "owner", None)
+    if owner is None and walk:
+        owner = _owner_on_stack()
+    return owner
+
+
+def _owner_on_stack(limit: int = 40) -> Optional[Origin]:
+    """A tracked object whose method is on the stack: PyMongo connects and starts monitors
+    lazily from ``MongoClient`` methods, an Engine's pool connects in ``Engine.connect()``."""
+    frame: Optional[FrameType] = sys._getframe(2)
+    while frame is not None and limit:
+        if frame.f_code.co_varnames[:1] == ("self",) and _is_library(frame.f_code.co_filename):
+            origin = origin_of(frame.f_locals.get("self"))
+            if origin is not None:
+                return origin
+        frame = frame.f_back
+        limit -= 1
+    return None
 
 
 # Objects under construction get their Origin before their __init__ runs, so what they build
@@ -213,7 +235,7 @@ _pending: Dict[int, Origin] = {}
 
 # -- patching ------------------------------------------------------------------------------
 
-def _wrap_init(cls: type) -> None:
+def _wrap_init(cls: type, leaf: bool) -> None:
     original = cls.__dict__.get("__init__")
     if original is None or getattr(original, "__postfork_wrapped__", False):
         return
@@ -222,7 +244,7 @@ def _wrap_init(cls: type) -> None:
         if not _on or id(self) in _records or id(self) in _pending:
             original(self, *args, **kwargs)  # off, or a subclass's super().__init__() call
             return
-        owner = owner_hint()
+        owner = owner_hint(leaf)
         file, line = (None, 0) if owner is not None else site_of_caller(1, skip=self)
         try:
             origin = Origin(self, _forget)
@@ -261,7 +283,7 @@ def _wrap_function(module: ModuleType, name: str) -> None:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         obj = original(*args, **kwargs)
         if _on and id(obj) not in _records:
-            owner = owner_hint()
+            owner = owner_hint(True)
             file, line = (None, 0) if owner is not None else site_of_caller(1)
             _record(obj, owner, file, line)
         return obj
@@ -277,7 +299,7 @@ def _patch(module: ModuleType) -> None:
     for name in _TARGETS.get(module.__name__, ()):
         target = getattr(module, name, None)
         if isinstance(target, type):
-            _wrap_init(target)
+            _wrap_init(target, (module.__name__, name) in _LEAVES)
         elif callable(target):
             _wrap_function(module, name)
 
