@@ -10,7 +10,8 @@ for each client the identity of this process's own connection as the server sees
 ``CLIENT ID``, PostgreSQL ``pg_backend_pid()``, SQLite a random id kept in a per-connection
 ``TEMP`` table, MongoDB the peer port from ``whatsmyuri``) with the answer to a query whose
 correct value is ``N``: a caller counts wrong answers. ``GET /master`` returns the same
-identities as the master recorded them at import.
+identities as the process that imported the app (the master, when preloaded) recorded them,
+and the pid of the worker that served the request.
 
 Run it: ``gunicorn -c examples/gunicorn.conf.py`` or ``uwsgi --ini examples/uwsgi.ini``.
 """
@@ -130,7 +131,7 @@ def whoami(n: int) -> Dict[str, Any]:
 def application(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "/")
     if path == "/master":
-        body: Any = MASTER
+        body: Any = {**MASTER, "served_by": os.getpid()}
     elif path == "/":
         query = parse_qs(environ.get("QUERY_STRING", ""))
         body = whoami(int(query.get("n", ["0"])[0]))

@@ -1,0 +1,105 @@
+"""uWSGI: reset every registered client in each worker, mule and spooler after fork.
+
+Use either::
+
+    uwsgi --master --import postfork.integrations.uwsgi --module app:application ...
+
+or ``import postfork.integrations.uwsgi`` in the application itself. Outside uWSGI the import
+does nothing at all, so the application can import it unconditionally.
+
+uWSGI does not run ``os.register_at_fork`` hooks in its workers unless started with
+``--py-call-osafterfork``, so postfork's own at-fork hook cannot be relied on; uWSGI calls
+``uwsgi.post_fork_hook`` instead. With ``--master`` the reset joins ``uwsgidecorators``'
+``@postfork`` chain, first in line, so that a later ``import uwsgidecorators`` (which
+overwrites ``uwsgi.post_fork_hook``) cannot drop it. Without a master ``uwsgidecorators``
+refuses to import, and the reset is chained onto ``uwsgi.post_fork_hook`` directly. A hook
+that was there before is kept and runs after the reset. With ``--py-call-osafterfork`` the
+at-fork hook resets first and this hook's ``reset_all()`` is the idempotent no-op: one reset
+per process either way. Under ``--lazy-apps`` the app is built after the fork and there is
+nothing inherited to reset.
+
+In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a failed reset stops
+the whole uWSGI instance, as gunicorn halts on a worker that fails to boot: uWSGI itself would
+only print the exception and let the worker serve.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Callable, Optional
+
+from postfork import ForkSafetyError, ResetError
+
+from ._hook import default_guard, reset_and_log
+
+__all__ = ["installed"]
+
+installed = False  # True once the reset is wired into this uWSGI process
+_loader_pid = os.getpid()  # the process that imported this module (and built the app)
+
+
+def _log(message: str) -> None:
+    _uwsgi().log(message)
+
+
+def _uwsgi() -> Any:
+    import uwsgi  # exists only inside a uWSGI process
+
+    return uwsgi
+
+
+def _after_fork() -> None:
+    if os.getpid() == _loader_pid:
+        # Without --master, uWSGI calls the hook in worker 1 too, which is the very process
+        # that loaded the app: nothing was forked, its clients are its own.
+        return
+    try:
+        reset_and_log(_log, _log)
+    except (ResetError, ForkSafetyError) as exc:
+        master = _uwsgi().masterpid()
+        _log(f"postfork: strict mode: stopping uWSGI (master pid {master}) because {exc}")
+        if master:
+            os.kill(master, signal.SIGINT)  # SIGINT: the master stops every worker and exits
+        os._exit(1)
+
+
+def _chained(first: Callable[[], Any], then: Callable[[], Any]) -> Callable[[], None]:
+    def post_fork_hook() -> None:
+        first()
+        then()
+
+    return post_fork_hook
+
+
+def _install(uwsgi: Any) -> None:
+    global installed
+    previous: Optional[Callable[[], Any]] = getattr(uwsgi, "post_fork_hook", None)
+    decorators_loaded = "uwsgidecorators" in sys.modules
+    if uwsgi.masterpid():
+        import uwsgidecorators  # with a fresh import, this replaces uwsgi.post_fork_hook
+
+        chain_hook = uwsgidecorators.postfork_chain_hook
+        if previous is None or previous is chain_hook or not decorators_loaded:
+            chain = uwsgidecorators.postfork_chain
+            chain.insert(0, _after_fork)
+            if previous is not None and previous is not chain_hook:
+                chain.insert(1, previous)  # the hook the import just overwrote
+            uwsgi.post_fork_hook = chain_hook
+            installed = True
+            return
+        # uwsgidecorators was imported earlier and its hook replaced since; that replacement
+        # may call the chain itself, so wrap it rather than put it in the chain (no recursion).
+    uwsgi.post_fork_hook = _after_fork if previous is None else _chained(_after_fork, previous)
+    installed = True
+
+
+try:
+    _uwsgi_module = _uwsgi()
+except ImportError:  # not inside uWSGI: a silent no-op
+    pass
+else:
+    default_guard()
+    _install(_uwsgi_module)
+    del _uwsgi_module

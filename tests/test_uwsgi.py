@@ -1,0 +1,122 @@
+"""uWSGI (pyuwsgi), end to end: the example app, --import postfork.integrations.uwsgi.
+
+uWSGI skips ``os.register_at_fork`` hooks in its workers unless ``--py-call-osafterfork``, so
+without the integration a worker keeps the master's connections (shown first, the hazard);
+with it each worker resets exactly once whichever way uWSGI was started.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterator, List, Sequence
+
+import pytest
+
+from _servers import BIN, Server, free_port, identities, wrong_answers
+
+TESTS = Path(__file__).resolve().parent
+SUMMARY = re.compile(r"^postfork: reset (\d+) clients? in [\d.]+ ms \(pid (\d+)\), (\d+) failed", re.M)
+INTEGRATION = ["--import", "postfork.integrations.uwsgi"]
+
+
+@pytest.fixture
+def servers() -> Iterator[List[Server]]:
+    started: List[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def uwsgi(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, str]) -> Server:
+    port = free_port()
+    argv = [str(BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--processes", "2",
+            "--die-on-term", "--pythonpath", str(TESTS), *args, "--module", "app:application"]
+    server = Server(argv, tmp_path / f"uwsgi-{port}.log", port=port, stop_signal=signal.SIGINT,
+                    env={"POSTFORK_EXAMPLE_DIR": str(tmp_path), **env})
+    servers.append(server)
+    # Under --lazy-apps each worker imports the app itself: wait until both have.
+    apps = 2 if "--lazy-apps" in args else 1
+    server.wait_for(lambda: server.log.count("WSGI app 0 (mountpoint='') ready") >= apps, 30,
+                    f"{apps} app(s) to load")
+    server.wait_http()
+    return server
+
+
+def serve_both_workers(server: Server, count: int = 200) -> List[dict]:
+    responses = server.hammer(count, threads=4)
+    assert len({r["pid"] for r in responses}) == 2, server.describe()
+    assert wrong_answers(responses) == []
+    return responses
+
+
+def assert_own_connections(responses: Sequence[dict], master: dict, clients: Sequence[str]) -> None:
+    for client in clients:
+        seen = identities(responses, client)
+        every = [i for ids in seen.values() for i in ids]
+        assert len(every) == len(set(every)), f"{client}: workers share a connection: {seen}"
+        assert master[client] not in every, f"{client}: a worker uses the master's {master[client]}"
+
+
+def test_without_the_integration_workers_keep_the_masters_connection(servers, tmp_path) -> None:
+    # The hazard the integration exists for: no at-fork hook runs in uWSGI workers, so each
+    # worker uses the SQLite connection the master opened.
+    server = uwsgi(servers, tmp_path, "--master", env={})
+    master = server.get("/master")
+    responses = serve_both_workers(server, 40)
+    assert {r["resets"] for r in responses} == {0}
+    assert {r["clients"]["sqlite"]["id"] for r in responses} == {master["sqlite"]}
+
+
+@pytest.mark.parametrize("osafterfork", [False, True], ids=["plain", "py-call-osafterfork"])
+def test_each_worker_resets_once_and_owns_its_connections(servers, tmp_path, redis_url,
+                                                          postgres_dsn, osafterfork) -> None:
+    extra = ["--py-call-osafterfork"] if osafterfork else []
+    server = uwsgi(servers, tmp_path, "--master", *extra, *INTEGRATION,
+                   env={"REDIS_URL": redis_url, "POSTGRES_DSN": postgres_dsn})
+    master = server.get("/master")
+    responses = serve_both_workers(server)
+    assert_own_connections(responses, master, ("redis", "postgres", "sqlite"))
+    # after_fork callbacks ran once per worker, whether the at-fork hook ran too or not
+    assert {r["resets"] for r in responses} == {1}
+    counts = Counter(int(m.group(2)) for m in SUMMARY.finditer(server.log))
+    workers = {r["pid"] for r in responses}
+    assert {pid: counts[pid] for pid in workers} == {pid: 1 for pid in workers}, server.describe()
+    assert master["pid"] not in counts
+
+
+def test_lazy_apps_still_work(servers, tmp_path, redis_url) -> None:
+    server = uwsgi(servers, tmp_path, "--master", "--lazy-apps", *INTEGRATION,
+                   env={"REDIS_URL": redis_url})
+    responses = serve_both_workers(server, 60)
+    # each worker imported the app itself, after the fork: nothing inherited, nothing reset
+    for r in responses:
+        assert r["resets"] == 0
+    for built in (server.get("/master") for _ in range(10)):
+        assert built["pid"] == built["served_by"]  # the app was imported in the worker itself
+    assert_own_connections(responses, {"redis": None, "sqlite": None}, ("redis", "sqlite"))
+    assert "Traceback" not in server.log, server.describe()
+
+
+@pytest.mark.parametrize("master", [True, False], ids=["master", "no-master"])
+def test_a_hook_set_before_the_import_still_runs(servers, tmp_path, master) -> None:
+    marks = tmp_path / "prehook.txt"
+    marks.touch()
+    server = uwsgi(servers, tmp_path, *(["--master"] if master else []),
+                   "--import", "_uwsgi_prehook", *INTEGRATION,
+                   env={"POSTFORK_TEST_PREHOOK_FILE": str(marks)})
+    loader = server.get("/master")["pid"]
+    responses = serve_both_workers(server, 40)
+    forked = {r["pid"] for r in responses} - {loader}
+    # Without --master, worker 1 is the process that loaded the app: nothing to reset there,
+    # but uWSGI calls the hook in it too.
+    ran = Counter(int(line) for line in marks.read_text().split())
+    assert all(ran[pid] == 1 for pid in {r["pid"] for r in responses}), (ran, server.describe())
+    for r in responses:
+        assert r["resets"] == (1 if r["pid"] in forked else 0)
+    log = server.log
+    for pid in forked:
+        assert len(re.findall(rf"^postfork: reset .* \(pid {pid}\)", log, re.M)) == 1
+    assert not re.search(rf"^postfork: reset .* \(pid {loader}\)", log, re.M)
