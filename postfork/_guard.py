@@ -138,9 +138,10 @@ _snapshot: Optional[_Snapshot] = None
 _snapshot_installed = False
 
 
-def _take_snapshot() -> None:
+def _take_snapshot(force: bool = False) -> None:
+    """The before-fork hook (and :mod:`postfork.testing`'s ``check=True``, with ``force``)."""
     global _snapshot
-    if mode() == "off":
+    if mode() == "off" and not force:
         return
     from . import _fds, _threads
 
@@ -221,15 +222,16 @@ def _type_name(obj: Any) -> str:
     return _default_name(obj)
 
 
-def _unmanaged_clients(ids: Set[int], inherited_only: bool) -> List[Tuple[Any, "Origin"]]:
-    """Tracked clients not managed, each reported once: an object owned by another (built
-    during its construction) or referred to by another tracked client (the pool that
-    ``Redis.from_url`` builds first) is covered by that one's finding."""
+def client_roots(ids: Set[int]) -> List[Tuple[Any, "Origin", bool]]:
+    """Every tracked client (not sockets) that stands for itself, with whether it is managed.
+
+    An object owned by another (built during its construction) or referred to by another
+    tracked client (the pool that ``Redis.from_url`` builds first) is covered by that one;
+    clients a prefork server built for itself (Celery's broker connection) are left out."""
     import socket
 
     from . import _tracking
 
-    me = os.getpid()
     live = [(o(), o) for o in _tracking.origins()]
     live = [(obj, o) for obj, o in live if obj is not None and not isinstance(obj, socket.socket)]
     covered: Set[int] = set()
@@ -237,16 +239,20 @@ def _unmanaged_clients(ids: Set[int], inherited_only: bool) -> List[Tuple[Any, "
         for ref in _references(obj):
             if ref is not obj:
                 covered.add(id(ref))
-    found = []
+    roots = []
     for obj, origin in live:
-        if inherited_only and origin.pid == me:
-            continue
         if (origin.owner is not None and origin.owner() is not None) or id(obj) in covered:
             continue
-        if _tracking.is_server_site(origin.file) or _is_managed(origin, ids):
+        if _tracking.is_server_site(origin.file):
             continue
-        found.append((obj, origin))
-    return found
+        roots.append((obj, origin, _is_managed(origin, ids)))
+    return roots
+
+
+def _unmanaged_clients(ids: Set[int], inherited_only: bool) -> List[Tuple[Any, "Origin"]]:
+    me = os.getpid()
+    return [(obj, origin) for obj, origin, managed in client_roots(ids)
+            if not managed and not (inherited_only and origin.pid == me)]
 
 
 def _client_finding(obj: Any, origin: "Origin", here: int) -> Finding:
@@ -292,8 +298,6 @@ def _thread_findings(threads: Iterable["AliveThread"], master: int, here: int,
 def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int]) -> List[Finding]:
     """Connected sockets inherited from the master and still open after the resets; those of a
     client already reported (``reported``: ids) are part of its finding."""
-    import socket
-
     from . import _fds, _tracking
 
     inodes = _fds.socket_inodes()
@@ -302,17 +306,7 @@ def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int
     inherited = None
     if snapshot is not None and snapshot.sockets is not None:
         inherited = set(snapshot.sockets.values())
-    by_fd: Dict[int, "Origin"] = {}
-    for origin in _tracking.origins():
-        obj = origin()
-        fileno = getattr(obj, "fileno", None)  # sockets, psycopg and psycopg2 connections
-        if fileno is not None and origin.pid != here:
-            try:
-                fd = fileno()
-            except Exception:  # closed
-                continue
-            if isinstance(fd, int) and fd >= 0 and (fd not in by_fd or isinstance(obj, socket.socket)):
-                by_fd[fd] = origin
+    by_fd = socket_origins(here)
     found = []
     for fd, inode in sorted(inodes.items()):
         origin = by_fd.get(fd)
@@ -338,6 +332,27 @@ def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int
                "postfork.register(sock) closes the worker's copy")
         found.append(Finding("socket", text, site, master, fix, info.peer or ""))
     return found
+
+
+def socket_origins(here: int) -> Dict[int, "Origin"]:
+    """fd -> origin of the tracked object built in another process that holds it (a socket,
+    or a psycopg/psycopg2 connection's libpq socket)."""
+    import socket
+
+    from . import _tracking
+
+    by_fd: Dict[int, "Origin"] = {}
+    for origin in _tracking.origins():
+        obj = origin()
+        fileno = getattr(obj, "fileno", None)
+        if fileno is not None and origin.pid != here:
+            try:
+                fd = fileno()
+            except Exception:  # closed
+                continue
+            if isinstance(fd, int) and fd >= 0 and (fd not in by_fd or isinstance(obj, socket.socket)):
+                by_fd[fd] = origin
+    return by_fd
 
 
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
@@ -404,7 +419,14 @@ def after_resets(report: Report) -> None:
     current = mode()
     if current == "off":
         return
-    findings = _collect(report, reset=current == "reset")
+    try:
+        findings = _collect(report, reset=current == "reset")
+    except Exception as exc:  # a bug of the guard must not cost the worker its resets
+        from ._registry import log
+
+        log().error("postfork: the guard failed in pid %d", os.getpid(), exc_info=True)
+        report.entries.append(Entry("postfork guard", False, exc))
+        return
     report.findings.extend(findings)
     _emit(findings)
 

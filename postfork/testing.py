@@ -9,6 +9,14 @@ The child runs the resets (the at-fork hook already did; ``reset_all()`` is call
 integration would), then ``func``; its return value or exception comes back pickled through a
 pipe. The child leaves with ``os._exit``, so no atexit handler or finalizer of the parent's
 objects runs in it.
+
+To assert that an application is fork-safe in a test suite::
+
+    postfork.guard("warn")          # before the app builds its clients
+    import myapp
+    from postfork.testing import assert_fork_safe, run_in_child
+    assert_fork_safe()              # FindingsError names each unmanaged client, thread, socket
+    run_in_child(myapp.handle_one_request, check=True)
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import time
 import traceback
 from typing import Any, Callable, List, Optional, TypeVar
 
-__all__ = ["run_in_child", "fork_child", "Child", "ChildError"]
+__all__ = ["run_in_child", "fork_child", "assert_fork_safe", "Child", "ChildError", "FindingsError"]
 
 T = TypeVar("T")
 
@@ -30,12 +38,26 @@ class ChildError(RuntimeError):
     """The child raised, died, or did not answer in time; the child's traceback is the message."""
 
 
+class FindingsError(AssertionError):
+    """``check=True``: the child found clients, threads or sockets inherited unmanaged.
+
+    ``.findings`` holds them (:class:`postfork.Finding`); the message lists each with its fix.
+    """
+
+    def __init__(self, findings: List[Any]) -> None:
+        self.findings = list(findings)
+        lines = "\n".join(f"  - [{f.kind}] {f}" for f in self.findings)
+        n = len(self.findings)
+        super().__init__(f"postfork: {n} fork-safety finding{'' if n == 1 else 's'} in the child:\n{lines}")
+
+
 class Child:
     """A forked child running one callable; :meth:`result` waits for what it returned."""
 
-    def __init__(self, pid: int, fd: int) -> None:
+    def __init__(self, pid: int, fd: int, check: bool = False) -> None:
         self.pid = pid
         self._fd = fd
+        self._check = check
         self._done = False
         self._value: Any = None
 
@@ -66,12 +88,27 @@ class Child:
         ok, payload = pickle.loads(b"".join(chunks))
         if not ok:
             raise ChildError(payload)
+        if self._check:
+            findings, payload = payload
+            if findings:
+                raise FindingsError(findings)
         self._value = payload
         return payload
 
 
-def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, **kwargs: Any) -> Child:
-    """Fork now; the child runs ``func(*args, **kwargs)`` and exits. Returns at once."""
+def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: bool = False,
+               **kwargs: Any) -> Child:
+    """Fork now; the child runs ``func(*args, **kwargs)`` and exits. Returns at once.
+
+    ``check``: after the resets and before ``func``, the child looks for what the guard names
+    (:func:`postfork.check`); :meth:`Child.result` raises :class:`FindingsError` if it found
+    any. Clients are known only if built while the guard was on; threads alive and inherited
+    sockets are checked either way.
+    """
+    if check:
+        from . import _guard
+
+        _guard._take_snapshot(force=True)  # the guard's before-fork hook, even with it off
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -79,11 +116,17 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, **kwarg
         try:
             os.close(read_fd)
             try:
-                if reset:
+                if reset or check:
                     import postfork
 
-                    postfork.reset_all()
-                out: Any = (True, func(*args, **kwargs))
+                    try:
+                        postfork.reset_all()
+                    except postfork.ForkSafetyError:
+                        if not check:  # the guard in raise mode: check=True reports the findings
+                            raise
+                findings = postfork.check() if check else None
+                value = func(*args, **kwargs)
+                out: Any = (True, (findings, value) if check else value)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
                 out = (False, f"{type(exc).__name__}: {exc}\n\n" + traceback.format_exc())
                 code = 1
@@ -98,13 +141,24 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, **kwarg
         finally:
             os._exit(code)
     os.close(write_fd)
-    return Child(pid, read_fd)
+    return Child(pid, read_fd, check)
 
 
 def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 60.0, reset: bool = True,
-                 **kwargs: Any) -> T:
+                 check: bool = False, **kwargs: Any) -> T:
     """Fork, run ``func(*args, **kwargs)`` in the child after the resets, return its result.
 
-    Raises :class:`ChildError` with the child's traceback if it raised, died or timed out.
+    Raises :class:`ChildError` with the child's traceback if it raised, died or timed out, and
+    with ``check=True`` :class:`FindingsError` if the child inherited anything unmanaged.
     """
-    return fork_child(func, *args, reset=reset, **kwargs).result(timeout)  # type: ignore[no-any-return]
+    return fork_child(func, *args, reset=reset, check=check, **kwargs).result(timeout)  # type: ignore[no-any-return]
+
+
+def assert_fork_safe(timeout: float = 60.0) -> None:
+    """Fork a child that runs the resets as a server would, and raise :class:`FindingsError`
+    if it inherited any client, thread or connected socket unmanaged."""
+    run_in_child(_nothing, timeout=timeout, check=True)
+
+
+def _nothing() -> None:
+    return None
