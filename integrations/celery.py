@@ -1,0 +1,53 @@
+"""Celery: reset every registered client in each prefork pool process.
+
+Use: ``import postfork.integrations.celery`` in the module that builds your Celery app.
+
+Importing connects two receivers and does nothing else (besides switching the guard on in
+``warn`` mode unless ``POSTFORK_GUARD`` is set): ``worker_process_init`` runs
+``postfork.reset_all()`` in each new pool process (the at-fork hook has usually run it already;
+this call then only logs the summary to the worker's log), and ``worker_process_shutdown``
+closes that process's own clients gracefully. Both are connected with ``weak=False``: Celery's
+signals hold receivers by weak reference by default. The resets do no network I/O, so they
+finish far inside Celery's ``worker_proc_alive_timeout`` (4 s).
+
+In strict mode (``POSTFORK_STRICT=1``) a failed reset raises from the receiver; Celery logs
+it ("Signal handler ... raised: ResetError(...)", naming the client) and keeps the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import postfork
+from celery import signals
+
+from ._hook import default_guard, reset_and_log
+
+__all__ = ["on_worker_process_init", "on_worker_process_shutdown"]
+
+log = logging.getLogger("postfork")
+
+
+def on_worker_process_init(**_: Any) -> None:
+    """``worker_process_init`` receiver: reset this pool process's clients."""
+    reset_and_log(log.info, log.error)
+
+
+def on_worker_process_shutdown(pid: Any = None, **_: Any) -> None:
+    """``worker_process_shutdown`` receiver: close this pool process's own clients."""
+    if pid is not None and pid != os.getpid():  # only ever the exiting process's own clients
+        return
+    report = postfork.close_all()
+    for entry in report.failed:
+        log.warning("postfork: closing %s failed in pid %d: %s", entry.name, report.pid, entry.error)
+
+
+signals.worker_process_init.connect(
+    on_worker_process_init, weak=False, dispatch_uid="postfork.reset_all"
+)
+signals.worker_process_shutdown.connect(
+    on_worker_process_shutdown, weak=False, dispatch_uid="postfork.close_all"
+)
+default_guard()

@@ -1,0 +1,96 @@
+"""Celery prefork, end to end: a real worker (``celery worker --pool prefork``) on a Redis
+broker, the example app with ``import postfork.integrations.celery``, tasks sent from here.
+
+Each task reports its pool process's pid and the ``CLIENT ID`` of that process's redis
+connection as the Redis server sees it; the main process recorded its own at import.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+
+from _servers import BIN, EXAMPLES, Server
+
+TESTS = Path(__file__).resolve().parent
+SUMMARY = re.compile(r"INFO/ForkPoolWorker-\d+\] postfork: reset \d+ clients? in [\d.]+ ms "
+                     r"\(pid (\d+)\), 0 failed")
+BROKER_DB = 13  # a database of its own: nothing another test flushes
+
+
+def _with_db(url: str, db: int) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{db}"))
+
+
+@pytest.fixture
+def celery_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
+    celery = pytest.importorskip("celery")
+    broker = _with_db(redis_url, BROKER_DB)
+    queue = f"postfork-test-{uuid.uuid4().hex[:12]}"
+    started: List[Server] = []
+    caller = celery.Celery("postfork_test_caller", broker=broker, backend=broker)
+
+    def start(*args: str) -> Server:
+        argv = [str(BIN / "celery"), "-A", "_celery_gc_app", "worker", "--pool", "prefork",
+                "--concurrency", "2", "-l", "info", "-Q", queue, "-n", f"{queue}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat", *args]
+        env = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker,
+               "POSTFORK_EXAMPLE_QUEUE": queue, "PYTHONPATH": f"{EXAMPLES}:{TESTS}"}
+        server = Server(argv, tmp_path / f"celery-{len(started)}.log", env=env,
+                        stop_signal=signal.SIGTERM)  # warm shutdown
+        started.append(server)
+        server.wait_for(lambda: " ready." in server.log, 30, "the worker to be ready")
+        return server
+
+    def call(delay: float = 0.0) -> Any:
+        return caller.send_task("postfork_example.whoami", args=(delay,), queue=queue)
+
+    yield start, call
+    caller.close()
+    for server in started:
+        assert server.stop() is not None
+
+
+def _summaries(log: str) -> Counter:
+    return Counter(int(pid) for pid in SUMMARY.findall(log))
+
+
+def test_each_pool_process_has_its_own_connection(celery_worker) -> None:
+    start, call = celery_worker
+    worker = start()
+    pending = [call(0.4) for _ in range(6)]  # concurrent: both pool processes get some
+    results: List[Dict[str, Any]] = [r.get(timeout=30) for r in pending]
+
+    main = results[0]["main"]
+    by_pid: Dict[int, set] = {}
+    for r in results:
+        by_pid.setdefault(r["pid"], set()).add(r["client_id"])
+    assert len(by_pid) == 2 and main["pid"] not in by_pid, (results, worker.describe())
+    ids = [i for s in by_pid.values() for i in s]
+    assert len(ids) == 2 and len(set(ids)) == 2, by_pid  # one connection per process, not shared
+    assert main["client_id"] not in ids
+    assert all(r["resets"] == 1 for r in results)
+    # the receiver ran in each pool process (after the gc.collect() in the main process)
+    counts = _summaries(worker.log)
+    assert {pid: counts[pid] for pid in by_pid} == {pid: 1 for pid in by_pid}, worker.describe()
+
+
+def test_a_recycled_pool_process_resets_again(celery_worker) -> None:
+    start, call = celery_worker
+    worker = start("--max-tasks-per-child", "1")
+    results = [call().get(timeout=30) for _ in range(3)]  # one after another: each on a new child
+
+    pids = [r["pid"] for r in results]
+    ids = [r["client_id"] for r in results]
+    assert len(set(pids)) == 3, (results, worker.describe())
+    assert len(set(ids)) == 3 and results[0]["main"]["client_id"] not in ids
+    assert all(r["resets"] == 1 for r in results)
+    counts = _summaries(worker.log)
+    assert all(counts[pid] == 1 for pid in pids), worker.describe()
