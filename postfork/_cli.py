@@ -10,6 +10,7 @@ the target cannot be imported.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -85,6 +86,7 @@ def _doctor(target: str, *, as_json: bool, timeout: float) -> int:
         print(f"postfork doctor: {exc}", file=sys.stderr)
         return EXIT_BAD_TARGET
     _progress("forking probe…")
+    gc.collect()  # what the app dropped is no client of its workers
     result = _probe(target, timeout)
     _progress_done()
     code = EXIT_CLEAN if result["ok"] else EXIT_FINDINGS

@@ -295,9 +295,12 @@ def _thread_findings(threads: Iterable["AliveThread"], master: int, here: int,
     return found
 
 
-def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int]) -> List[Finding]:
+def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int],
+                     managed: Set[int]) -> List[Finding]:
     """Connected sockets inherited from the master and still open after the resets; those of a
-    client already reported (``reported``: ids) are part of its finding."""
+    client already reported (``reported``: ids) are part of its finding, and those of a managed
+    client are its reset's business (a ``local``'s inherited instance is kept, unused, with its
+    connection: dropping it would run its finalizers)."""
     from . import _fds, _tracking
 
     inodes = _fds.socket_inodes()
@@ -316,8 +319,9 @@ def _socket_findings(snapshot: Optional[_Snapshot], here: int, reported: Set[int
         elif origin is None:
             continue  # no snapshot (the server skipped at-fork hooks): only what was tracked
         if origin is not None and (_tracking.is_server_site(origin.root().file)
-                                   or id(origin.root()()) in reported):
-            continue
+                                   or id(origin.root()()) in reported
+                                   or _is_managed(origin, managed)):
+            continue  # the server's; part of a client finding; or its client's reset owns it
         info = _fds.describe(fd, inode)
         if info is None or not info.connection:
             continue
@@ -371,7 +375,9 @@ def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     elif not child:
         findings += _thread_findings(_threads.alive_threads(), here, here, ids)
     if child:
-        findings += _socket_findings(snapshot, here, {id(obj) for obj, _ in clients})
+        reported = {id(obj) for obj, _ in clients}
+        reported.update(id(ref) for obj, _ in clients for ref in _references(obj))
+        findings += _socket_findings(snapshot, here, reported, ids)
     return findings
 
 

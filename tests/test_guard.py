@@ -1,0 +1,316 @@
+"""The guard names, in each forked child, every client, thread and socket built before the fork
+and left unmanaged, with the file and line that built it. Real Redis, real PyMongo against
+MockupDB, real forks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from typing import Any, Dict, Iterator, List
+from urllib.parse import urlparse
+
+import pytest
+
+import postfork
+from postfork import _guard
+from postfork.testing import FindingsError, run_in_child
+
+redis = pytest.importorskip("redis")
+
+HERE = os.path.relpath(__file__)  # how creation sites are written: relative to the cwd
+
+
+@pytest.fixture(autouse=True)
+def restore_guard() -> Iterator[None]:
+    previous = _guard._mode
+    gc.collect()  # clients other tests left in reference cycles are not this test's findings
+    try:
+        yield
+    finally:
+        _guard._set_mode(previous)
+
+
+def _line() -> int:
+    """The line of the caller: ``obj = build(); line = _line() - 1``."""
+    return sys._getframe(1).f_lineno
+
+
+def _site(line: int) -> str:
+    return f"{HERE}:{line}"
+
+
+def _findings_in_child() -> List[Dict[str, Any]]:
+    """The child's findings from the resets the at-fork hook ran (reset_all() repeats them)."""
+    try:
+        report = postfork.reset_all()
+    except postfork.ForkSafetyError as exc:
+        report = exc.report
+    return [f.as_dict() for f in report.findings]
+
+
+def _at(findings: List[Dict[str, Any]], line: int) -> List[Dict[str, Any]]:
+    return [f for f in findings if f["created_at"] == _site(line)]
+
+
+# -- 1. an unregistered redis client ---------------------------------------------------------
+
+def test_warn_names_the_line_the_type_and_the_master_pid(redis_url: str) -> None:
+    postfork.guard("warn")
+    unmanaged = redis.Redis.from_url(redis_url)
+    line = _line() - 1
+    managed = postfork.register(redis.Redis.from_url(redis_url))
+    managed_line = _line() - 1
+    unmanaged.ping()
+    managed.ping()
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # the child inherits the recorder
+            warnings.simplefilter("always")
+
+            def in_child() -> List[Any]:
+                return [(str(w.message), w.filename, w.lineno) for w in caught
+                        if issubclass(w.category, postfork.ForkSafetyWarning)]
+
+            seen = run_in_child(in_child)
+    finally:
+        postfork.unregister(managed)
+    mine = [w for w in seen if f"{HERE}:{line}" in w[0]]
+    assert len(mine) == 1, seen
+    message, filename, lineno = mine[0]
+    assert "redis.Redis" in message
+    assert f"pid {os.getpid()} (the master)" in message
+    assert "postfork.register(" in message and "postfork.local(" in message  # the fix
+    # The warning points at the line that built the client, so Python shows that line.
+    assert (os.path.relpath(filename), lineno) == (HERE, line)
+    # The registered client produces nothing, nor does the pool each client built.
+    assert not [w for w in seen if f"{HERE}:{managed_line}" in w[0]]
+    assert not [w for w in seen if "ConnectionPool" in w[0] and f"{HERE}:" in w[0]]
+
+
+def test_reset_mode_also_resets_it(redis_url: str) -> None:
+    """The hazard first (warn: the child talks on the master's connection, same CLIENT ID on
+    the server), then reset mode: the child gets its own connection."""
+    for mode, same_connection in (("warn", True), ("reset", False)):
+        postfork.guard(mode)
+        client = redis.Redis.from_url(redis_url, single_connection_client=True)  # no pid check
+        line = _line() - 1
+        parent_id = client.client_id()
+
+        def in_child() -> Any:
+            return client.client_id(), _findings_in_child(), [
+                (e.name, e.ok) for e in postfork.reset_all().entries]
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            child_id, findings, entries = run_in_child(in_child)
+        assert [f["subject"] for f in _at(findings, line)] == ["redis.Redis"], [(f["subject"], f["created_at"], f["description"][:60]) for f in findings]
+        assert (child_id == parent_id) is same_connection, (mode, child_id, parent_id)
+        guard_resets = [e for e in entries if _site(line) in e[0]]
+        assert guard_resets == ([] if mode == "warn" else [(guard_resets[0][0], True)])
+        assert client.client_id() == parent_id  # the master's connection is untouched
+        client.close()
+        del client
+        gc.collect()
+
+
+def test_raise_mode_raises_after_every_reset_ran(redis_url: str) -> None:
+    postfork.guard("raise")
+    managed = postfork.register(redis.Redis.from_url(redis_url, single_connection_client=True))
+    unmanaged = redis.Redis.from_url(redis_url)
+    line = _line() - 1
+    managed_parent_id = managed.client_id()
+    unmanaged.ping()
+
+    def in_child() -> Any:
+        try:
+            postfork.reset_all()
+        except postfork.ForkSafetyError as exc:
+            # The registered client's reset ran before the raise: it has its own connection.
+            return (str(exc), [f.as_dict() for f in exc.findings],
+                    [(e.name, e.ok) for e in exc.report.entries], managed.client_id())
+        return None
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outcome = run_in_child(in_child, reset=False)
+    finally:
+        postfork.unregister(managed)
+        managed.close()
+    assert outcome is not None, "reset_all() did not raise ForkSafetyError"
+    text, findings, entries, managed_child_id = outcome
+    assert _site(line) in text and "redis.Redis" in text
+    assert _at(findings, line)
+    assert ("redis.Redis", True) in entries
+    assert managed_child_id != managed_parent_id
+
+
+def test_check_in_the_master_lists_what_a_worker_would_inherit(redis_url: str) -> None:
+    postfork.guard("warn")
+    unmanaged = redis.Redis.from_url(redis_url)
+    line = _line() - 1
+    local = postfork.local(lambda: redis.Redis.from_url(redis_url))
+    local.ping()
+    local_line = _line() - 2
+    findings = [f for f in postfork.check() if f.kind == "client"]
+    assert [f.subject for f in findings if f.created_at == _site(line)] == ["redis.Redis"]
+    assert all(f.pid == os.getpid() for f in findings)
+    assert not [f for f in findings if f.created_at in (_site(local_line), _site(local_line + 1))]
+    del unmanaged
+
+
+# -- 2. PyMongo: the client and its monitor threads ------------------------------------------
+
+def test_mongo_client_and_its_threads(mockupdb: Any) -> None:
+    pymongo = pytest.importorskip("pymongo")
+    postfork.guard("warn")
+    unmanaged = pymongo.MongoClient(mockupdb.uri, serverSelectionTimeoutMS=5000)
+    line = _line() - 1
+    unmanaged.admin.command("ping")
+    managed = postfork.register(pymongo.MongoClient(mockupdb.uri, serverSelectionTimeoutMS=5000))
+    managed_line = _line() - 1
+    managed.admin.command("ping")
+    alive = [t.name for t in threading.enumerate()]
+    assert alive.count("pymongo_server_monitor_thread") >= 2  # both clients' monitors at fork
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            findings = run_in_child(_findings_in_child)
+    finally:
+        postfork.unregister(managed)
+        unmanaged.close()
+        managed.close()
+    at_line = _at(findings, line)
+    assert [f["subject"] for f in at_line if f["kind"] == "client"] == ["pymongo.MongoClient"]
+    threads = [f for f in at_line if f["kind"] == "thread"]
+    assert "pymongo_server_monitor_thread" in [f["subject"] for f in threads]
+    assert all("pymongo.MongoClient" in f["description"] for f in threads)  # who started it
+    assert all(f["pid"] == os.getpid() for f in at_line)
+    # The registered client and the threads it owns produce nothing.
+    assert _at(findings, managed_line) == []
+
+
+# -- 3. an unknown client holding a raw socket ------------------------------------------------
+
+class RawRedis:
+    """A client postfork knows nothing about: one TCP connection, speaking RESP by hand."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.sock.sendall(b"PING\r\n")
+        assert self.sock.recv(64) == b"+PONG\r\n"
+
+
+def test_inherited_socket_names_its_peer(redis_url: str) -> None:
+    u = urlparse(redis_url)
+    host, port = u.hostname or "127.0.0.1", u.port or 6379
+    postfork.guard("warn")
+    unknown = RawRedis(host, port)
+    line = RawRedis.__init__.__code__.co_firstlineno + 1  # its socket.create_connection line
+    registered = RawRedis(host, port)
+    postfork.register(registered.sock)  # the child closes its copy: no finding for this one
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            findings = run_in_child(_findings_in_child)
+    finally:
+        postfork.unregister(registered.sock)
+    sockets = [f for f in _at(findings, line) if f["kind"] == "socket"]
+    assert len(sockets) == 1, findings
+    assert sockets[0]["subject"] == f"{host}:{port}"
+    assert f"connected to {host}:{port}" in sockets[0]["description"]
+    assert f"fd {unknown.sock.fileno()} " in sockets[0]["description"]
+    unknown.sock.close()
+    registered.sock.close()
+
+
+# -- what is and is not patched, bad input, the environment -----------------------------------
+
+def test_only_construction_is_wrapped(redis_url: str) -> None:
+    postfork.guard("warn")
+    import redis.asyncio
+
+    for cls in (redis.Redis, redis.ConnectionPool, redis.client.PubSub, redis.asyncio.Redis):
+        wrapped = [name for name, value in vars(cls).items() if getattr(value, "__postfork_wrapped__", False)]
+        assert wrapped == ["__init__"], (cls, wrapped)
+    assert getattr(redis.Redis.__init__, "__wrapped__", None) is not None
+
+
+def test_bad_mode_names_the_valid_ones() -> None:
+    before = _guard.mode()
+    for bad in ("loud", "", None, 1):
+        with pytest.raises(ValueError) as info:
+            postfork.guard(bad)  # type: ignore[arg-type]
+        assert "'off', 'warn', 'reset', 'raise'" in str(info.value)
+    assert _guard.mode() == before
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "POSTFORK_GUARD"}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_environment_variable_and_integration_default() -> None:
+    code = """
+        import postfork
+        from postfork import _guard
+        a = _guard.mode()
+        _guard.guard_default("warn")     # what a server integration calls
+        b = _guard.mode()
+        postfork.guard("off")            # an explicit call wins over the environment
+        print(a, b, _guard.mode())
+    """
+    assert _python(code, POSTFORK_GUARD="raise").stdout.split() == ["raise", "raise", "off"]
+    assert _python(code, POSTFORK_GUARD="off").stdout.split() == ["off", "off", "off"]
+    assert _python(code).stdout.split() == ["off", "warn", "off"]
+    bad = _python("import postfork", POSTFORK_GUARD="loud")
+    assert bad.returncode != 0
+    assert "POSTFORK_GUARD takes one of 'off', 'warn', 'reset', 'raise'; got 'loud'" in bad.stderr
+
+
+# -- postfork.testing: a child that runs the resets and asserts no findings ------------------
+
+def test_run_in_child_check_raises_with_the_findings(redis_url: str) -> None:
+    postfork.guard("warn")
+    unmanaged = redis.Redis.from_url(redis_url)
+    line = _line() - 1
+    unmanaged.ping()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FindingsError) as info:
+            run_in_child(os.getpid, check=True)
+    assert _site(line) in str(info.value)
+    assert [f.subject for f in info.value.findings if f.created_at == _site(line)] == ["redis.Redis"]
+
+
+def test_assert_fork_safe_passes_for_a_managed_app(redis_url: str) -> None:
+    """In a fresh interpreter (this test process holds other tests' connections): registered
+    and local clients, used in the master, give no finding; an unmanaged one fails it."""
+    code = f"""
+        import os, sys, postfork, redis
+        from postfork.testing import assert_fork_safe, run_in_child, FindingsError
+        postfork.guard("warn")
+        managed = postfork.register(redis.Redis.from_url({redis_url!r}, single_connection_client=True))
+        per_process = postfork.local(lambda: redis.Redis.from_url({redis_url!r}))
+        managed.ping(); per_process.ping()
+        assert_fork_safe()
+        pid, cid = run_in_child(lambda: (os.getpid(), managed.client_id()), check=True)
+        assert pid != os.getpid() and cid != managed.client_id()
+        unmanaged = redis.Redis.from_url({redis_url!r}); unmanaged.ping()
+        try:
+            assert_fork_safe()
+        except FindingsError as exc:
+            print("FOUND", [f.subject for f in exc.findings])
+        else:
+            print("MISSED")
+    """
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "FOUND ['redis.Redis']", done.stdout + done.stderr
