@@ -180,12 +180,16 @@ def _probe(target: str, timeout: float) -> Dict[str, Any]:
             report = exc.report
         after = _fds.socket_inodes() or {}
         holders = _guard.socket_origins(os.getpid())
+        managed = _guard._managed_ids()
         sockets = []
         for fd, info in sorted(before.items()):
             holder = holders.get(fd)
             root = holder.root()() if holder is not None else None
+            still_open = after.get(fd) == info.inode
             sockets.append({"fd": fd, "peer": info.peer, "family": info.family,
-                            "open_after_resets": after.get(fd) == info.inode,
+                            "open_after_resets": still_open,
+                            # a local's inherited instance keeps its connection, unused
+                            "kept_by_managed_client": still_open and _guard._is_managed(holder, managed),
                             "created_at": holder.site if holder is not None else None,
                             "client": _guard._type_name(root) if root is not None else None})
         return {
@@ -270,6 +274,12 @@ def _table(rows: List[List[str]], styles: Optional[List[Any]] = None) -> List[st
     return out
 
 
+def _socket_state(sock: Dict[str, Any]) -> str:
+    if not sock["open_after_resets"]:
+        return "closed"
+    return "kept" if sock["kept_by_managed_client"] else "OPEN"
+
+
 def _render(result: Dict[str, Any], out: TextIO) -> None:
     s = _Style(out)
     lines: List[str] = []
@@ -311,10 +321,10 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
 
     lines.append(s.bold("Connected sockets the worker inherited"))
     if result["sockets"]:
-        rows = [["OPEN" if k["open_after_resets"] else "closed", f"fd {k['fd']}", k["peer"] or "?",
+        rows = [[_socket_state(k), f"fd {k['fd']}", k["peer"] or "?",
                  " ".join(filter(None, [k["client"], k["created_at"] and f"({k['created_at']})"]))]
                 for k in result["sockets"]]
-        lines += _table(rows, [s.red if k["open_after_resets"] else s.green for k in result["sockets"]])
+        lines += _table(rows, [s.red if _socket_state(k) == "OPEN" else s.green for k in result["sockets"]])
     else:
         lines.append(s.dim("  none"))
     lines.append("")
