@@ -314,3 +314,58 @@ def test_assert_fork_safe_passes_for_a_managed_app(redis_url: str) -> None:
     done = _python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "FOUND ['redis.Redis']", done.stdout + done.stderr
+
+
+# -- a real prefork server: gunicorn --preload ----------------------------------------------
+
+def _gunicorn(app: str, tmp_path: Any, redis_url: str, postgres_dsn: str, cwd: str) -> Any:
+    from _servers import BIN, Server, free_port
+
+    port = free_port()
+    return Server([str(BIN / "gunicorn"), "-c", "python:postfork.integrations.gunicorn", "--preload",
+                   "--workers", "2", "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", app],
+                  tmp_path / "gunicorn.log", port=port, cwd=cwd,  # type: ignore[arg-type]
+                  env={"REDIS_URL": redis_url, "POSTGRES_DSN": postgres_dsn,
+                       "POSTFORK_EXAMPLE_DIR": str(tmp_path), "PYTHONPATH": cwd})
+
+
+def _resets(log: str) -> List[str]:
+    return [line for line in log.splitlines() if "postfork: reset" in line]
+
+
+def test_managed_app_under_gunicorn_has_no_finding(tmp_path: Any, redis_url: str, postgres_dsn: str) -> None:
+    """The example app (redis, psycopg_pool with its threads, SQLAlchemy, a file) under gunicorn
+    --preload, the guard switched on by the integration: no finding in any worker, not even in
+    one respawned after kill -9, when gunicorn's own control-socket thread is alive in the master
+    and its listening sockets are inherited."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "examples", "app.py")):
+        pytest.skip("examples/app.py is not there")
+    server = _gunicorn("app:application", tmp_path, redis_url, postgres_dsn, os.path.join(root, "examples"))
+    try:
+        server.wait_for(lambda: len(_resets(server.log)) >= 2, 30, "both workers reset")
+        victim = server.get("/?n=1")["pid"]
+        os.kill(victim, 9)
+        server.wait_for(lambda: len(_resets(server.log)) >= 3, 30, "the respawned worker reset")
+        assert server.get("/?n=2")["clients"]["redis"]["answer"] == 2
+    finally:
+        server.stop()
+    log = server.log
+    assert len(_resets(log)) >= 3
+    if "Control socket listening" in log:  # gunicorn >= 24: a thread of the master, alive at fork
+        assert log.index("Control socket listening") < log.index(_resets(log)[2]), server.describe()
+    assert not [line for line in _resets(log) if "guard finding" in line], server.describe()
+    assert "ForkSafetyWarning" not in log, server.describe()
+
+
+def test_unmanaged_client_under_gunicorn_is_named(tmp_path: Any, redis_url: str, postgres_dsn: str) -> None:
+    apps = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doctor_apps")
+    server = _gunicorn("unsafe_app:application", tmp_path, redis_url, postgres_dsn, apps)
+    try:
+        server.wait_for(lambda: len(_resets(server.log)) >= 2, 30, "both workers reset")
+    finally:
+        server.stop()
+    log = server.log
+    assert all("3 guard findings" in line for line in _resets(log)), server.describe()
+    assert log.count("unsafe_app.py:15: ForkSafetyWarning: postfork guard: redis.Redis built at "
+                     "unsafe_app.py:15") == 2, server.describe()

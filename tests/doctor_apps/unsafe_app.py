@@ -19,3 +19,8 @@ managed.ping()
 raw = socket.create_connection(("127.0.0.1", int(URL.rsplit(":", 1)[1].split("/")[0])))  # finding: socket
 ticker = threading.Thread(target=time.sleep, args=(30,), name="ticker", daemon=True)
 ticker.start()  # finding: thread
+
+
+def application(environ, start_response):  # served by gunicorn in test_guard.py
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b'{"pid": %d}' % os.getpid()]
