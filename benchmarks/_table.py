@@ -12,7 +12,7 @@ import re
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 __all__ = ["Row", "markdown", "as_json", "write_readme", "progress", "median", "fmt_ns", "fmt_ms"]
 
@@ -106,7 +106,3 @@ def write_readme(path: Path, rows: Sequence[Row], header: str) -> None:
 
 def progress(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def rows_by_key(rows: List[Row]) -> Dict[str, Row]:
-    return {r.key: r for r in rows}
