@@ -396,10 +396,12 @@ def test_lock_held_at_fork_unmanaged_blocks_the_child(redis_url: str) -> None:
 
     try:
         kids = [fork_child(child, client) for client, _ in setups]
+        started = time.monotonic()
         outcomes: Dict[str, str] = {}
-        for kind, kid in zip(LOCK_CASES, kids):
+        for kind, kid in zip(LOCK_CASES, kids):  # all wait at once: one deadline each
+            deadline = started + (8 if kind == "pool._fork_lock" else 2)
             try:
-                outcomes[kind] = kid.result(8 if kind == "pool._fork_lock" else 2)
+                outcomes[kind] = kid.result(max(deadline - time.monotonic(), 0.01))
             except ChildError as exc:
                 assert "did not finish" in str(exc), exc
                 outcomes[kind] = "hung"
@@ -511,6 +513,68 @@ def test_asyncio_registered_child_runs_own_loop(redis_url: str, redis_key: str,
     finally:
         loop.run_until_complete(client.aclose())
         loop.close()
+
+
+async def _adrain(pubsub: Any, channel: str, want: int, quiet: float) -> List[str]:
+    got: List[str] = []
+    last = time.monotonic()
+    while len(got) < want and time.monotonic() - last < quiet:
+        msg = await pubsub.get_message(timeout=0.2)
+        if msg and msg["type"] == "message" and msg["channel"] == channel:
+            got.append(msg["data"])
+            last = time.monotonic()
+    return got
+
+
+def test_asyncio_pubsub_registered_parent_keeps_every_message(
+        redis_url: str, observer: "redis.Redis", managed: Callable[[Any], Any]) -> None:
+    channel, other = (f"postfork-test:{uuid.uuid4().hex}" for _ in range(2))
+    loop = asyncio.new_event_loop()
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    pubsub = client.pubsub()
+
+    async def subscribe() -> None:
+        await pubsub.subscribe(channel)
+        msg = await pubsub.get_message(timeout=5)
+        assert msg and msg["type"] == "subscribe"
+
+    loop.run_until_complete(subscribe())
+    managed(pubsub)
+    parent_port = pubsub.connection._writer.get_extra_info("sockname")[1]
+    parent_entry = clients_by_port(observer)[parent_port]
+    ready_r, ready_w = os.pipe()
+
+    async def in_child() -> List[str]:
+        await pubsub.subscribe(other)  # its own connection; `channel` subscribed again
+        confirmed = set()
+        while len(confirmed) < 2:
+            msg = await pubsub.get_message(timeout=5)
+            assert msg is not None, "no subscribe confirmation"
+            if msg["type"] == "subscribe":
+                confirmed.add(msg["channel"])
+        port = pubsub.connection._writer.get_extra_info("sockname")[1]
+        os.write(ready_w, f"{port}\n".encode())
+        return await _adrain(pubsub, channel, MESSAGES, quiet=5.0)
+
+    try:
+        kid = fork_child(lambda: asyncio.run(in_child()))
+        child_port = int(read_lines(ready_r, 1)[0])
+        by_port = clients_by_port(observer)
+        child_entry, parent_now = by_port[child_port], by_port[parent_port]
+        assert child_entry["id"] != parent_entry["id"] and child_entry["sub"] == "2"
+        assert parent_now["id"] == parent_entry["id"] and parent_now["sub"] == "1"
+        for i in range(MESSAGES):
+            observer.publish(channel, str(i))
+        parent_got = loop.run_until_complete(_adrain(pubsub, channel, MESSAGES, quiet=5.0))
+        child_got = kid.result(30)
+    finally:
+        os.close(ready_r)
+        os.close(ready_w)
+        loop.run_until_complete(pubsub.aclose())
+        loop.run_until_complete(client.aclose())
+        loop.close()
+    expected = [str(i) for i in range(MESSAGES)]
+    assert parent_got == expected and child_got == expected
 
 
 # -- 6. RedisCluster (a real cluster-mode redis-server) -------------------------------------------

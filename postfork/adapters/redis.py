@@ -28,9 +28,10 @@ What the child inherits and what each reset does about it (redis-py 8.1, read fr
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Tuple
 
 from ._retire import retire_fd
 
@@ -56,13 +57,12 @@ _RLOCK = type(threading.RLock())
 # Where each lock lives. A lock held by a parent thread at fork is never released in the
 # child; a new one is the only way out (acquiring it would block, or time out in redis-py).
 _POOL_LOCKS = ("_lock", "_fork_lock")
-_SIDE_LOCKS = {  # attribute holding a helper object -> that object's locks
-    "_event_dispatcher": ("_lock",),
-    "himport_registry": ("_lock",),
-    "_himport_registry": ("_lock",),
-    "_maint_notifications_pool_handler": ("_lock",),
-    "_oss_cluster_maint_notifications_handler": ("_lock",),
-}
+# Helper objects with a lock of their own ("_lock"), by the attribute that holds them.
+_POOL_SIDES = ("_event_dispatcher", "himport_registry", "_maint_notifications_pool_handler")
+_CLUSTER_SIDES = (
+    "_event_dispatcher", "_himport_registry", "_oss_cluster_maint_notifications_handler",
+)
+_CLIENT_SIDES = ("_event_dispatcher",)
 
 # asyncio pools have no pid: the pid each was last reset in, so a second reset in the same
 # process (reset_all(force=True)) does not drop the child's own new connections.
@@ -72,49 +72,51 @@ _async_reset_pid: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDiction
 class _Renewer:
     """Replaces locks, events and conditions with new, released ones of the same kind.
 
-    One instance per reset, remembering what it replaced, so that a lock shared by several
-    objects (the cluster's event dispatcher is every node pool's) is still shared afterwards.
+    One instance per reset: a helper object shared by several owners (a client and its pool
+    share one event dispatcher; so do all node pools of a cluster) is renewed once.
     """
 
-    def __init__(self) -> None:
-        self._memo: Dict[int, Any] = {}
+    __slots__ = ("_sides",)
 
-    def renew(self, obj: Any, *names: str) -> None:
+    def __init__(self) -> None:
+        self._sides: Dict[int, Any] = {}  # id -> helper object (held, so its id stays unique)
+
+    @staticmethod
+    def renew(obj: Any, *names: str) -> None:
         for name in names:
             old = getattr(obj, name, None)
-            if old is None:
-                continue
-            new = self._memo.get(id(old))
-            if new is None:
-                new = _fresh(old)
-                if new is None:
-                    continue
-                self._memo[id(old)] = new
-                self._memo[id(new)] = new  # renewing the new one again keeps it
-            setattr(obj, name, new)
+            if old is not None:
+                factory = _FACTORIES.get(type(old))
+                new = factory() if factory is not None else _fresh(old)
+                if new is not None:
+                    setattr(obj, name, new)
 
-    def renew_sides(self, obj: Any) -> None:
-        for attr, names in _SIDE_LOCKS.items():
+    def renew_sides(self, obj: Any, attrs: Tuple[str, ...]) -> None:
+        """Renew the ``_lock`` of each helper object ``obj`` holds under ``attrs``."""
+        for attr in attrs:
             side = getattr(obj, attr, None)
-            if side is not None:
-                self.renew(side, *names)
-                if attr == "_event_dispatcher" and hasattr(side, "_async_lock"):
-                    side._async_lock = None  # an asyncio.Lock of the parent's loop; rebuilt lazily
+            if side is None or id(side) in self._sides:
+                continue
+            self._sides[id(side)] = side
+            self.renew(side, "_lock")
+            if getattr(side, "_async_lock", None) is not None:  # the event dispatcher's
+                side._async_lock = None  # an asyncio.Lock of the parent's loop; rebuilt lazily
+
+
+_FACTORIES: Dict[type, Callable[[], Any]] = {_LOCK: threading.Lock, _RLOCK: threading.RLock}
 
 
 def _fresh(old: Any) -> Any:
-    """A new, released synchronization object like ``old``, or None for anything else."""
-    if isinstance(old, _RLOCK) or type(old).__name__ == "_RLock":
+    """A new, released synchronization object like ``old`` (beyond the plain locks of
+    ``_FACTORIES``), or None for anything else."""
+    if type(old).__name__ == "_RLock":  # threading's pure-Python RLock
         return threading.RLock()
-    if isinstance(old, _LOCK):
-        return threading.Lock()
     if isinstance(old, threading.Event):
         event = threading.Event()
         if old.is_set():  # reads the flag only, takes no lock
             event.set()
         return event
-    module = type(old).__module__
-    if module.startswith("asyncio"):
+    if type(old).__module__.startswith("asyncio"):
         import asyncio
 
         # An asyncio lock of the parent's loop is bound to that loop, and may be held by one
@@ -136,7 +138,7 @@ def _drop(conn: Any) -> None:
     real = inner if inner is not None else conn
     if getattr(real, "pid", pid) == pid:
         return  # made in this process: ours, nothing inherited
-    _Renewer().renew(conn, "_cache_lock")  # CacheProxyConnection.disconnect() takes it
+    _Renewer.renew(conn, "_cache_lock")  # CacheProxyConnection.disconnect() takes it
     # Connection.disconnect() calls socket.shutdown() only when os.getpid() == conn.pid; here
     # the pids differ, so it close()s our descriptor and leaves the parent's connection alone.
     conn.disconnect()
@@ -165,7 +167,7 @@ def reset_pool(pool: "redis.connection.ConnectionPool",
         return
     renewer = _renewer or _Renewer()
     renewer.renew(pool, *_POOL_LOCKS)
-    renewer.renew_sides(pool)
+    renewer.renew_sides(pool, _POOL_SIDES)
     if hasattr(pool, "_locked"):
         pool._locked = False  # BlockingConnectionPool: a parent thread's "I hold _lock" flag
     for conn in _pool_connections(pool):
@@ -189,7 +191,7 @@ def _adopt(pool: Any, conn: Any) -> None:
             pool._connections.append(conn)
             try:
                 pool.pool.get_nowait()  # take one of the None placeholders: the slot is used
-            except Exception:
+            except queue.Empty:
                 pass
 
 
@@ -202,12 +204,12 @@ def _reset_held(owner: Any, pool: Any, renewer: "_Renewer") -> None:
         _adopt(pool, conn)
 
 
-def reset_redis(client: "redis.Redis") -> None:
+def reset_redis(client: "redis.Redis", _renewer: "_Renewer | None" = None) -> None:
     """Reset a sync ``redis.Redis``: its pool, and the dedicated connection of a
     ``single_connection_client`` (dropped here, reconnected on first use)."""
-    renewer = _Renewer()
+    renewer = _renewer or _Renewer()
     renewer.renew(client, "single_connection_lock")
-    renewer.renew_sides(client)
+    renewer.renew_sides(client, _CLIENT_SIDES)
     _reset_held(client, client.connection_pool, renewer)
 
 
@@ -218,7 +220,7 @@ def reset_pubsub(pubsub: "redis.client.PubSub") -> None:
     on its own connection, where redis-py's connect callback subscribes again."""
     renewer = _Renewer()
     renewer.renew(pubsub, "_lock", "subscribed_event")
-    renewer.renew_sides(pubsub)
+    renewer.renew_sides(pubsub, _CLIENT_SIDES)
     _reset_held(pubsub, pubsub.connection_pool, renewer)
     # PINGs the parent sent whose replies would come on the parent's socket, not ours.
     pubsub.health_check_response_counter = 0
@@ -241,19 +243,16 @@ def reset_cluster(cluster: "redis.cluster.RedisCluster") -> None:
     node's ``Redis`` (its pool). The slot map is kept: it is data, not a connection."""
     renewer = _Renewer()
     renewer.renew(cluster, "_lock")
-    renewer.renew_sides(cluster)
+    renewer.renew_sides(cluster, _CLUSTER_SIDES)
     manager = cluster.nodes_manager
     renewer.renew(manager, "_lock", "_initialization_lock")
-    renewer.renew_sides(manager)
+    renewer.renew_sides(manager, _POOL_SIDES)
     balancer = getattr(manager, "read_load_balancer", None)
     if balancer is not None:
         renewer.renew(balancer, "_lock")
     for node in _cluster_nodes(manager):
-        node_client = node.redis_connection
-        if node_client is not None:
-            renewer.renew(node_client, "single_connection_lock")
-            renewer.renew_sides(node_client)
-            _reset_held(node_client, node_client.connection_pool, renewer)
+        if node.redis_connection is not None:
+            reset_redis(node.redis_connection, renewer)
 
 
 # -- asyncio ----------------------------------------------------------------------------------
@@ -293,7 +292,7 @@ def reset_async_pool(pool: "redis.asyncio.ConnectionPool",
         return
     renewer = _renewer or _Renewer()
     renewer.renew(pool, "_lock", "_condition")
-    renewer.renew_sides(pool)
+    renewer.renew_sides(pool, _POOL_SIDES)
     for conn in _pool_connections(pool):
         _drop_async(conn)
     pool.reset()  # sync in redis-py: new empty list and WeakSet
@@ -306,7 +305,7 @@ def reset_async_redis(client: "redis.asyncio.Redis") -> None:
     the child's own event loop."""
     renewer = _Renewer()
     renewer.renew(client, "_single_conn_lock", "_usage_lock")
-    renewer.renew_sides(client)
+    renewer.renew_sides(client, _CLIENT_SIDES)
     reset_async_pool(client.connection_pool, renewer)
     conn = client.connection
     if conn is not None:
@@ -320,7 +319,7 @@ def reset_async_pubsub(pubsub: "redis.asyncio.client.PubSub") -> None:
     child's own connection and the connect callback subscribes again."""
     renewer = _Renewer()
     renewer.renew(pubsub, "_lock")
-    renewer.renew_sides(pubsub)
+    renewer.renew_sides(pubsub, _CLIENT_SIDES)
     reset_async_pool(pubsub.connection_pool, renewer)
     conn = pubsub.connection
     if conn is not None:
