@@ -372,7 +372,12 @@ def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
         _reset_unmanaged(clients, report)
     if snapshot is not None:
         findings += _thread_findings(snapshot.threads, snapshot.pid, here, ids)
-    elif not child:
+    elif child:
+        # No before-fork snapshot: the server forked without at-fork hooks (uWSGI). Without
+        # --py-call-osafterfork, threading's own after-fork cleanup did not run either, so the
+        # master's threads are still listed: they are the ones that were alive at fork.
+        findings += _thread_findings(_threads.alive_threads(), os.getppid(), here, ids)
+    else:
         findings += _thread_findings(_threads.alive_threads(), here, here, ids)
     if child:
         reported = {id(obj) for obj, _ in clients}
