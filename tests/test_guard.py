@@ -367,5 +367,73 @@ def test_unmanaged_client_under_gunicorn_is_named(tmp_path: Any, redis_url: str,
         server.stop()
     log = server.log
     assert all("3 guard findings" in line for line in _resets(log)), server.describe()
-    assert log.count("unsafe_app.py:15: ForkSafetyWarning: postfork guard: redis.Redis built at "
-                     "unsafe_app.py:15") == 2, server.describe()
+    client_site = _marked("unsafe_app.py")[0]
+    assert log.count(f"{client_site}: ForkSafetyWarning: postfork guard: redis.Redis built at "
+                     f"{client_site}") == 2, server.describe()
+
+
+# -- uWSGI and Celery: the server's own sockets and threads are never findings -----------------
+
+def _findings_lines(log: str) -> List[str]:
+    return [line for line in log.splitlines() if "ForkSafetyWarning" in line]
+
+
+def _marked(app: str) -> List[str]:
+    """``app.py:LINE`` of each line of a doctor_apps module marked ``# finding: ...``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doctor_apps", app)
+    with open(path) as f:
+        return [f"{app}:{n}" for n, line in enumerate(f, 1) if "# finding:" in line]
+
+
+def test_uwsgi_names_exactly_the_app_findings(tmp_path: Any, redis_url: str) -> None:
+    """uWSGI runs no at-fork hook: no snapshot before fork. The unmanaged client, the app's
+    thread and the raw socket are still named, and nothing of uWSGI's own."""
+    from _servers import BIN, Server, free_port
+
+    apps = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doctor_apps")
+    port = free_port()
+    server = Server([str(BIN / "uwsgi"), "--master", "--processes", "2", "--module", "unsafe_app:application",
+                     "--import", "postfork.integrations.uwsgi", "--http-socket", f"127.0.0.1:{port}",
+                     "--die-on-term"], tmp_path / "uwsgi.log", port=port, cwd=apps,  # type: ignore[arg-type]
+                    env={"REDIS_URL": redis_url, "PYTHONPATH": apps})
+    try:
+        server.wait_for(lambda: len(_resets(server.log)) >= 2, 30, "both workers reset")
+    finally:
+        server.stop()
+    log = server.log
+    assert all("3 guard findings" in line for line in _resets(log)), server.describe()
+    sites = sorted({line.split(": ForkSafetyWarning")[0] for line in _findings_lines(log)})
+    assert sites == _marked("unsafe_app.py"), server.describe()
+
+
+def test_celery_prefork_names_only_the_unmanaged_client(tmp_path: Any, redis_url: str) -> None:
+    """Pool processes forked after the consumer connected to the broker (recycled by
+    --max-tasks-per-child 1) inherit Celery's connection, kombu's clients and threads: none of
+    them is a finding; the app's unmanaged client is, in every pool process."""
+    from _servers import BIN, Server
+
+    apps = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doctor_apps")
+    queue = f"postfork-guard-{os.getpid()}"
+    env = {"REDIS_URL": redis_url, "PYTHONPATH": apps, "POSTFORK_TEST_QUEUE": queue}
+    server = Server([str(BIN / "celery"), "-A", "celery_app", "worker", "--pool", "prefork",
+                     "--concurrency", "2", "--max-tasks-per-child", "1", "-Q", queue,
+                     "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                    tmp_path / "celery.log", cwd=apps, env=env)  # type: ignore[arg-type]
+    try:
+        server.wait_for(lambda: "ready." in server.log, 40, "the worker to be ready")
+        client = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c",
+             "from celery_app import whoami\n"
+             "print([whoami.delay().get(timeout=20) for _ in range(3)])"],
+            cwd=apps, env={**os.environ, **env, "POSTFORK_GUARD": "off"}, capture_output=True, text=True,
+            timeout=60)
+        assert client.returncode == 0, client.stderr
+        server.wait_for(lambda: len(_resets(server.log)) >= 4, 30, "recycled pool processes to reset")
+    finally:
+        server.stop()
+    log = server.log
+    resets = _resets(log)
+    assert len(resets) >= 4
+    assert all("1 guard finding" in line and "0 failed" in line for line in resets), server.describe()
+    sites = {line.split(": ForkSafetyWarning")[0].rsplit("] ", 1)[-1] for line in _findings_lines(log)}
+    assert sites == set(_marked("celery_app.py")), server.describe()
