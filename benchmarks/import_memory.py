@@ -33,13 +33,15 @@ def rss():
                 return int(line.split()[1])
 before_mods = set(sys.modules)
 r0 = rss()
+c0 = time.process_time()
 t0 = time.perf_counter()
 {stmt}
 t1 = time.perf_counter()
+c1 = time.process_time()
 r1 = rss()
 new = sorted(set(sys.modules) - before_mods)
 forbidden = sorted(m for m in sys.modules if m.split(".")[0] in {forbidden!r})
-print(repr((t1 - t0, r1 - r0, new, forbidden)))
+print(repr((t1 - t0, c1 - c0, r1 - r0, new, forbidden)))
 """
 
 
@@ -78,11 +80,12 @@ def imports(runs: int) -> Dict[str, Any]:
     _probe("import postfork")  # writes the bytecode caches if the sources changed
     cases = {"baseline": ("pass", ""), "postfork": ("import postfork", ""),
              "after_typing": ("import postfork", "import typing")}
-    out: Dict[str, Any] = {f"{c}_{k}": [] for c in cases for k in ("s", "rss_kib")}
+    out: Dict[str, Any] = {f"{c}_{k}": [] for c in cases for k in ("s", "cpu_s", "rss_kib")}
     for _ in range(runs):
         for case, (stmt, pre) in cases.items():
-            t, r, new, forbidden = _probe(stmt, pre)
+            t, cpu, r, new, forbidden = _probe(stmt, pre)
             out[f"{case}_s"].append(t)
+            out[f"{case}_cpu_s"].append(cpu)
             out[f"{case}_rss_kib"].append(r)
             if case == "postfork":
                 out["new_modules"], out["forbidden"] = new, forbidden
@@ -106,20 +109,25 @@ def run(quick: bool = False) -> List[Row]:
     runs = 3 if quick else 31
     progress(f"import: {runs} fresh interpreters each, alternating with a baseline")
     d = imports(runs)
-    t = median(d["postfork_s"]) - median(d["baseline_s"])
-    t_typed = median(d["after_typing_s"]) - median(d["baseline_s"])
+    # CPU time of the importing process: on this shared 2-core machine the wall clock also
+    # counts the time other processes held the CPU. Wall-clock medians are in the note.
+    t = median(d["postfork_cpu_s"]) - median(d["baseline_cpu_s"])
+    t_typed = median(d["after_typing_cpu_s"]) - median(d["baseline_cpu_s"])
+    wall = median(d["postfork_s"]) - median(d["baseline_s"])
+    wall_typed = median(d["after_typing_s"]) - median(d["baseline_s"])
     rss = (median(d["postfork_rss_kib"]) - median(d["baseline_rss_kib"])) / 1024
     rss_typed = (median(d["after_typing_rss_kib"]) - median(d["baseline_rss_kib"])) / 1024
     itime = median(d["importtime_us"]) / 1e6
     heavy = sorted(d["importtime_modules"], key=lambda m: -m[1])[:5]
     rows = [
-        Row("5a", "`import postfork` in a fresh interpreter: time", "0 (nothing imported)",
+        Row("5a", "`import postfork` in a fresh interpreter: CPU time", "0 (nothing imported)",
             fmt_ms(t), None, "≤ 5 ms", t <= 0.005, COMMAND,
-            f"median of {runs} processes minus the baseline's ({fmt_ms(median(d['baseline_s']), 3)}); "
+            f"median of {runs} processes minus the baseline's ({fmt_ms(median(d['baseline_cpu_s']), 3)}); "
+            f"wall clock {fmt_ms(wall)} (fastest {fmt_ms(min(d['postfork_s']))}); "
             f"`-X importtime` says {fmt_ms(itime)} cumulative; largest self times: "
             + ", ".join(f"{name} {us / 1e3:.2f} ms" for name, us, _c in heavy)
             + f"; with `typing` already imported (as in any app using redis-py, SQLAlchemy or "
-            f"gunicorn): {fmt_ms(t_typed)}",
+            f"gunicorn): {fmt_ms(t_typed)} CPU, {fmt_ms(wall_typed)} wall",
             d),
         Row("5b", "`import postfork`: RSS growth", "0 (nothing imported)", f"{rss:.2f} MiB", None,
             "≤ 1 MiB", rss <= 1.0, COMMAND,
