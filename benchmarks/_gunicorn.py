@@ -69,7 +69,7 @@ class Server:
             "--timeout", "20", "--graceful-timeout", "2",
         ]
         self.started = time.perf_counter()
-        with open(self.log, "ab") as logf:
+        with open(self.log, "wb") as logf:
             # A session of its own: stop() can end the master and any straggling worker by
             # that one process-group id.
             self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,

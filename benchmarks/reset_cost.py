@@ -197,7 +197,8 @@ def run(quick: bool = False) -> List[Row]:
             growth = reset / median(res[ref]["reset"])
             # linear growth, with 20 % to spare: 10,000 clients at most 12× the cost of 1,000
             limit = 1.2 * n / ref
-            target, met = f"≤ {limit:g}× of {ref:,} (here {growth:.1f}×)", growth <= limit
+            warm = median(d["again"]) / median(res[ref]["again"])
+            target, met = f"≤ {limit:g}× of {ref:,} (here {growth:.1f}×; warm {warm:.1f}×)", growth <= limit
         else:
             target, met = "—", None
         rows.append(Row(
