@@ -7,7 +7,6 @@ Celery's worker log) rather than only on the ``postfork`` logger.
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import postfork
@@ -19,18 +18,11 @@ Log = Callable[[str], object]
 
 
 def default_guard() -> None:
-    """Switch the guard on in ``warn`` mode unless the user chose a mode already.
+    """Switch the guard on in ``warn`` mode unless the user chose a mode already, with
+    ``POSTFORK_GUARD`` (``off`` included) or an earlier ``postfork.guard(...)`` call."""
+    from postfork._guard import guard_default
 
-    ``POSTFORK_GUARD`` in the environment wins (the guard reads it itself), and so does an
-    explicit ``postfork.guard(...)`` call made before the integration was imported.
-    """
-    if os.environ.get("POSTFORK_GUARD", "").strip():
-        return
-    from postfork import _guard
-
-    if getattr(_guard, "_mode", None) is not None:  # postfork.guard() was called already
-        return
-    postfork.guard("warn")
+    guard_default("warn")
 
 
 def reset_and_log(info: Log, error: Log) -> Report:

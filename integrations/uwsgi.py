@@ -15,8 +15,13 @@ overwrites ``uwsgi.post_fork_hook``) cannot drop it. Without a master ``uwsgidec
 refuses to import, and the reset is chained onto ``uwsgi.post_fork_hook`` directly. A hook
 that was there before is kept and runs after the reset. With ``--py-call-osafterfork`` the
 at-fork hook resets first and this hook's ``reset_all()`` is the idempotent no-op: one reset
-per process either way. Under ``--lazy-apps`` the app is built after the fork and there is
-nothing inherited to reset.
+per process either way (and likewise with ``--py-call-uwsgi-fork-hooks``). Under
+``--lazy-apps`` the app is built after the fork and there is nothing inherited to reset.
+
+If the master runs Python threads when uWSGI forks (psycopg_pool's workers, PyMongo's
+monitors), start uWSGI with ``--py-call-uwsgi-fork-hooks``: without it uWSGI may fork while
+one of those threads holds the GIL, and the worker hangs before any Python code runs, this
+hook included (unbit/uwsgi#1149). That is uWSGI's to fix; postfork cannot run earlier.
 
 In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a failed reset stops
 the whole uWSGI instance, as gunicorn halts on a worker that fails to boot: uWSGI itself would
