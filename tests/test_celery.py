@@ -7,8 +7,12 @@ connection as the Redis server sees it; the main process recorded its own at imp
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -94,3 +98,28 @@ def test_a_recycled_pool_process_resets_again(celery_worker) -> None:
     assert all(r["resets"] == 1 for r in results)
     counts = _summaries(worker.log)
     assert all(counts[pid] == 1 for pid in pids), worker.describe()
+
+
+def test_import_without_a_worker_only_connects_the_receivers() -> None:
+    pytest.importorskip("celery")
+    script = (
+        "import gc, json\n"
+        "import postfork\n"
+        "from postfork import _guard\n"
+        "calls = []\n"
+        "postfork.after_fork(lambda: calls.append(1))\n"
+        "import postfork.integrations.celery as m\n"
+        "from celery import signals\n"
+        "gc.collect()\n"
+        "live = lambda s: [getattr(r, '__name__', r) for r in s._live_receivers(None)]\n"
+        "print(json.dumps({'init': live(signals.worker_process_init),\n"
+        "                  'shutdown': live(signals.worker_process_shutdown),\n"
+        "                  'resets': calls, 'guard': _guard.mode()}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("POSTFORK_GUARD", "POSTFORK_STRICT")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    result = json.loads(out.stdout)  # and nothing else on stdout
+    assert result == {"init": ["on_worker_process_init"], "shutdown": ["on_worker_process_shutdown"],
+                      "resets": [], "guard": "warn"}  # the guard's warn mode is the one effect

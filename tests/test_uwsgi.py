@@ -7,8 +7,12 @@ with it each worker resets exactly once whichever way uWSGI was started.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence
@@ -129,3 +133,25 @@ def test_a_hook_set_before_the_import_still_runs(servers, tmp_path, master) -> N
     for pid in forked:
         assert len(re.findall(rf"^postfork: reset .* \(pid {pid}\)", log, re.M)) == 1
     assert not re.search(rf"^postfork: reset .* \(pid {loader}\)", log, re.M)
+
+
+def test_import_outside_uwsgi_is_a_silent_no_op() -> None:
+    script = (
+        "import json, sys\n"
+        "import postfork\n"
+        "from postfork import _guard\n"
+        "calls = []\n"
+        "postfork.after_fork(lambda: calls.append(1))\n"
+        "before = (_guard.mode(), _guard._mode)\n"
+        "import postfork.integrations.uwsgi as m\n"
+        "print(json.dumps({'guard': [before, (_guard.mode(), _guard._mode)], 'resets': calls,\n"
+        "                  'installed': m.installed,\n"
+        "                  'uwsgidecorators': 'uwsgidecorators' in sys.modules}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("POSTFORK_GUARD", "POSTFORK_STRICT")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    result = json.loads(out.stdout)  # and nothing else on stdout
+    assert result == {"guard": [["off", None], ["off", None]], "resets": [], "installed": False,
+                      "uwsgidecorators": False}
