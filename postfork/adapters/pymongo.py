@@ -29,7 +29,7 @@ holds from the parent, and the internal clients of client-side field level encry
 
 from __future__ import annotations
 
-import threading
+import _thread
 from typing import Any, Iterator
 
 __all__ = ["reset_mongo_client"]
@@ -56,8 +56,7 @@ def reset_mongo_client(client: Any) -> None:
 def _renew_metadata_lock(client: Any, create_lock: Any) -> None:
     # PoolOptions has a lock of its own (appending driver metadata). It is a name-mangled slot.
     options = getattr(getattr(client, "_options", None), "pool_options", None)
-    lock_type = type(threading.Lock())
-    if isinstance(getattr(options, "_PoolOptions__metadata_lock", None), lock_type):
+    if isinstance(getattr(options, "_PoolOptions__metadata_lock", None), _thread.LockType):
         options._PoolOptions__metadata_lock = create_lock()
 
 
