@@ -132,6 +132,7 @@ def test_registered_pool_gives_each_child_its_own_backends(postgres_dsn: str, ob
         for mine, again, size in results:
             assert size >= 2  # refilled to min_size (plus the one its first getconn() grew)
             assert again not in parent_backends
+        run_in_child(pool.close)  # a child closing the pool before any use: nothing to close
         assert parent_backends <= app_pids(observer, app)  # the parent's backends live on
         for _ in range(2):
             with pool.connection() as conn:
