@@ -129,4 +129,5 @@ def _forget() -> None:
     _at_fork.clear()
 
 
-os.register_at_fork(after_in_parent=_forget, after_in_child=_forget)
+if hasattr(os, "register_at_fork"):  # no fork, no offsets to record (Windows)
+    os.register_at_fork(after_in_parent=_forget, after_in_child=_forget)
