@@ -12,7 +12,7 @@ from typing import Callable
 import postfork
 from postfork import ForkSafetyError, Report, ResetError
 
-__all__ = ["default_guard", "reset_and_log"]
+__all__ = ["default_guard", "reset_and_log", "close_and_log"]
 
 Log = Callable[[str], object]
 
@@ -51,3 +51,16 @@ def _log(report: Report, info: Log, error: Log) -> None:
             f"postfork: reset of {entry.name} failed in pid {report.pid}: "
             f"{type(entry.error).__name__}: {entry.error}"
         )
+
+
+def close_and_log(info: Log, warning: Log) -> Report:
+    """Run ``postfork.close_all()`` in a worker that exits: one summary line with ``info``,
+    each client that failed to close with ``warning``. Never raises."""
+    report = postfork.close_all()
+    n = len(report.entries)
+    info(f"postfork: closed {n} client{'' if n == 1 else 's'} in {report.seconds * 1e3:.1f} ms "
+         f"(pid {report.pid}), {len(report.failed)} failed")
+    for entry in report.failed:
+        warning(f"postfork: closing {entry.name} failed in pid {report.pid}: "
+                f"{type(entry.error).__name__}: {entry.error}")
+    return report

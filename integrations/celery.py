@@ -20,10 +20,9 @@ import logging
 import os
 from typing import Any
 
-import postfork
 from celery import signals
 
-from ._hook import default_guard, reset_and_log
+from ._hook import close_and_log, default_guard, reset_and_log
 
 __all__ = ["on_worker_process_init", "on_worker_process_shutdown"]
 
@@ -39,9 +38,7 @@ def on_worker_process_shutdown(pid: Any = None, **_: Any) -> None:
     """``worker_process_shutdown`` receiver: close this pool process's own clients."""
     if pid is not None and pid != os.getpid():  # only ever the exiting process's own clients
         return
-    report = postfork.close_all()
-    for entry in report.failed:
-        log.warning("postfork: closing %s failed in pid %d: %s", entry.name, report.pid, entry.error)
+    close_and_log(log.info, log.warning)
 
 
 signals.worker_process_init.connect(

@@ -31,9 +31,7 @@ import inspect
 import os
 from typing import Any, Callable
 
-import postfork
-
-from ._hook import default_guard, reset_and_log
+from ._hook import close_and_log, default_guard, reset_and_log
 
 __all__ = ["post_fork", "worker_exit", "with_reset", "with_close"]
 
@@ -57,10 +55,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     """
     if getattr(worker, "pid", None) != os.getpid():
         return
-    report = postfork.close_all()
-    for entry in report.failed:
-        server.log.warning("postfork: closing %s failed in pid %d: %s", entry.name, report.pid,
-                           entry.error)
+    close_and_log(server.log.info, server.log.warning)
 
 
 def with_reset(hook: Hook) -> Hook:

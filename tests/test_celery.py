@@ -98,6 +98,12 @@ def test_a_recycled_pool_process_resets_again(celery_worker) -> None:
     assert all(r["resets"] == 1 for r in results)
     counts = _summaries(worker.log)
     assert all(counts[pid] == 1 for pid in pids), worker.describe()
+    # each process closed its own clients on the way out (worker_process_shutdown), the last
+    # one at the warm shutdown
+    assert worker.stop() is not None
+    closed = re.findall(r"postfork: closed \d+ clients? in [\d.]+ ms \(pid (\d+)\), 0 failed",
+                        worker.log)
+    assert sorted(int(pid) for pid in closed) == sorted(pids), worker.describe()
 
 
 def test_import_without_a_worker_only_connects_the_receivers() -> None:

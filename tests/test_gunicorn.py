@@ -42,6 +42,9 @@ def gunicorn(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, s
     return server
 
 
+CLOSED = re.compile(r"\[INFO\] postfork: closed \d+ clients? in [\d.]+ ms \(pid (\d+)\), 0 failed")
+
+
 def summaries(log: str) -> Counter:
     """pid -> how many reset summary lines gunicorn's log holds for it."""
     return Counter(int(m.group(2)) for m in SUMMARY.finditer(log))
@@ -72,6 +75,10 @@ def test_preload_three_workers_each_own_connections(servers, tmp_path, redis_url
     assert master["pid"] not in counts  # the master itself is never reset
 
     assert server.stop() == 0
+    # worker_exit closed each worker's own clients, and never the master's
+    closed = Counter(int(pid) for pid in CLOSED.findall(server.log))
+    assert {pid: closed[pid] for pid in workers} == {pid: 1 for pid in workers}, server.describe()
+    assert master["pid"] not in closed
 
 
 def test_killed_worker_is_replaced_by_a_reset_one(servers, tmp_path, redis_url) -> None:
