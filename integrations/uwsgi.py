@@ -23,15 +23,15 @@ monitors), start uWSGI with ``--py-call-uwsgi-fork-hooks``: without it uWSGI may
 one of those threads holds the GIL, and the worker hangs before any Python code runs, this
 hook included (unbit/uwsgi#1149). That is uWSGI's to fix; postfork cannot run earlier.
 
-In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a failed reset stops
-the whole uWSGI instance, as gunicorn halts on a worker that fails to boot: uWSGI itself would
-only print the exception and let the worker serve.
+In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a worker whose reset
+failed exits before serving anything, with uWSGI's "failed loading app" code (22): the master
+logs "OOPS ! failed loading app" and respawns it (uWSGI has no "halt on boot failure" like
+gunicorn's). uWSGI alone would print the exception and let the worker serve.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any, Callable, Optional
 
@@ -41,6 +41,7 @@ from ._hook import default_guard, reset_and_log
 
 __all__ = ["installed"]
 
+_FAILED_APP_CODE = 22  # uWSGI's UWSGI_FAILED_APP_CODE: the master logs "failed loading app"
 installed = False  # True once the reset is wired into this uWSGI process
 _loader_pid = os.getpid()  # the process that imported this module (and built the app)
 
@@ -62,12 +63,12 @@ def _after_fork() -> None:
         return
     try:
         reset_and_log(_log, _log)
-    except (ResetError, ForkSafetyError) as exc:
-        master = _uwsgi().masterpid()
-        _log(f"postfork: strict mode: stopping uWSGI (master pid {master}) because {exc}")
-        if master:
-            os.kill(master, signal.SIGINT)  # SIGINT: the master stops every worker and exits
-        os._exit(1)
+    except (ResetError, ForkSafetyError):
+        # uWSGI would print this and let the worker serve with a client that failed to reset.
+        # Strict mode asked for the opposite: exit as a worker whose app failed to load.
+        _log(f"postfork: strict mode: worker {os.getpid()} exits without serving "
+             f"(code {_FAILED_APP_CODE}); uWSGI respawns it")
+        os._exit(_FAILED_APP_CODE)
 
 
 def _chained(first: Callable[[], Any], then: Callable[[], Any]) -> Callable[[], None]:

@@ -34,13 +34,16 @@ def servers() -> Iterator[List[Server]]:
         server.stop()
 
 
-def uwsgi(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, str]) -> Server:
+def uwsgi(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, str],
+          app: str = "app:application", wait: bool = True) -> Server:
     port = free_port()
     argv = [str(BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--processes", "2",
-            "--die-on-term", "--pythonpath", str(TESTS), *args, "--module", "app:application"]
+            "--die-on-term", "--pythonpath", str(TESTS), *args, "--module", app]
     server = Server(argv, tmp_path / f"uwsgi-{port}.log", port=port, stop_signal=signal.SIGINT,
                     env={"POSTFORK_EXAMPLE_DIR": str(tmp_path), **env})
     servers.append(server)
+    if not wait:
+        return server
     # Under --lazy-apps each worker imports the app itself: wait until both have.
     apps = 2 if "--lazy-apps" in args else 1
     server.wait_for(lambda: server.log.count("WSGI app 0 (mountpoint='') ready") >= apps, 30,
@@ -133,6 +136,23 @@ def test_a_hook_set_before_the_import_still_runs(servers, tmp_path, master) -> N
     for pid in forked:
         assert len(re.findall(rf"^postfork: reset .* \(pid {pid}\)", log, re.M)) == 1
     assert not re.search(rf"^postfork: reset .* \(pid {loader}\)", log, re.M)
+
+
+def test_a_failing_reset_is_logged_and_strict_mode_keeps_the_worker_from_serving(
+        servers, tmp_path) -> None:
+    lenient = uwsgi(servers, tmp_path, "--master", *INTEGRATION, env={}, app="_failing_app:application")
+    reply = lenient.get("/?n=5")
+    assert reply["clients"]["sqlite"]["answer"] == 5 and reply["resets"] == 1
+    assert re.search(rf"^postfork: reset of broken-client failed in pid {reply['pid']}: "
+                     r"RuntimeError: this reset always fails", lenient.log, re.M), lenient.describe()
+
+    strict = uwsgi(servers, tmp_path, "--master", *INTEGRATION, env={"POSTFORK_STRICT": "1"},
+                   app="_failing_app:application", wait=False)
+    strict.wait_for(lambda: strict.log.count("OOPS ! failed loading app in worker") >= 2, 30,
+                    "both workers to exit")
+    log = strict.log
+    assert re.search(r"^postfork: reset of broken-client failed in pid \d+", log, re.M)
+    assert "postfork: strict mode: worker" in log, strict.describe()
 
 
 def test_import_outside_uwsgi_is_a_silent_no_op() -> None:
