@@ -45,7 +45,8 @@ def proc_status_kib(pid: int, field: str) -> Optional[int]:
 class Server:
     """One gunicorn master with ``workers`` workers serving ``bench_app`` in ``variant``."""
 
-    def __init__(self, variant: str, workers: int = 4, log: Optional[Path] = None) -> None:
+    def __init__(self, variant: str, workers: int = 4, log: Optional[Path] = None,
+                 seed: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
@@ -56,10 +57,15 @@ class Server:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.started = 0.0
         self.worker_pids: Set[int] = set()
+        self.seed = seed  # seeds the master's random module (see bench_app)
+        self.extra_env = env or {}
 
     def start(self) -> None:
         env = dict(os.environ, POSTFORK_BENCH_VARIANT=self.variant, PYTHONUNBUFFERED="1")
         env.pop("POSTFORK_STRICT", None)
+        env.update(self.extra_env)
+        if self.seed is not None:
+            env["POSTFORK_BENCH_SEED"] = str(self.seed)
         cmd = [
             sys.executable, "-m", "gunicorn", "bench_app:application",
             "-c", str(HERE / "gunicorn" / f"{self.variant}.conf.py"),

@@ -58,6 +58,13 @@ if VARIANT == "postfork":
     postfork.register(r)
     postfork.register(pool)
 
+if os.environ.get("POSTFORK_BENCH_SEED"):
+    # The boot benchmark gives both variants of a pair the same seed: gunicorn's master sleeps
+    # 0-100 ms (random.random()) after spawning each worker, and those pauses, the same on both
+    # sides, then cancel out of the comparison. Workers reseed at fork (the random module's
+    # own at-fork hook), so their keys stay random.
+    random.seed(int(os.environ["POSTFORK_BENCH_SEED"]))
+
 
 def work() -> int:
     """One request's work; the HTTP status code that says whether the answers were right."""
