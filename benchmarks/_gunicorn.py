@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("postfork", "handwritten", "unmanaged")
@@ -81,7 +81,7 @@ class Server:
             self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def request(self, query: str = "", timeout: float = 5.0) -> tuple:
+    def request(self, query: str = "", timeout: float = 5.0) -> Tuple[int, int]:
         """(status, worker pid) of one GET; raises OSError when nobody answers."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:

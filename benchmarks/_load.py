@@ -87,7 +87,7 @@ def _python(url: str, seconds: float, connections: int) -> LoadResult:
     def worker() -> None:
         mine = dict.fromkeys(counts, 0)
         while time.monotonic() < stop:
-            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=2)
+            conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=2)
             try:
                 conn.request("GET", u.path or "/")
                 resp = conn.getresponse()

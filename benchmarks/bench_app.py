@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable
 from urllib.parse import parse_qs
 
 import psycopg_pool
 import redis
+
+__all__ = ["application", "build_clients", "work", "VARIANT"]
 
 VARIANT = os.environ.get("POSTFORK_BENCH_VARIANT", "postfork")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -90,5 +92,3 @@ def application(environ: Dict[str, Any], start_response: Callable[..., Any]) -> 
     start_response(_REASONS[status], [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
-
-__all__: List[str] = ["application", "build_clients", "work", "VARIANT"]

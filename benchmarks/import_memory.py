@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from _gunicorn import Server
 from _table import Row, fmt_ms, median, progress
@@ -50,7 +50,7 @@ print(repr((t1 - t0, c1 - c0, r1 - r0, new, forbidden)))
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def _probe(stmt: str, pre: str = "") -> tuple:
+def _probe(stmt: str, pre: str = "") -> Tuple[float, float, int, List[str], List[str]]:
     code = _PROBE.format(stmt=stmt, pre=pre, forbidden=FORBIDDEN)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60, env=_ENV).stdout

@@ -109,7 +109,6 @@ def mixed(children: int) -> Dict[str, Any]:
 
     import postfork
 
-    made: List[Any] = []
     cleanup: List[Callable[[], Any]] = []
     uses: List[Callable[[], Any]] = []
     r = postfork.register(redis.Redis.from_url(REDIS_URL))
@@ -161,7 +160,6 @@ def mixed(children: int) -> Dict[str, Any]:
     journal = postfork.register(open(f"{tmp}/journal.log", "ab"))
     journal.write(b"parent\n")
     cleanup.append(journal.close)
-    made += [r, engine, sock, journal]
 
     def first_use() -> None:
         for use in uses:

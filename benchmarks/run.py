@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -58,10 +58,10 @@ def _runner(name: str) -> Callable[[bool], List[Row]]:
     raise ValueError(name)
 
 
-def _meta(started: float, quick: bool) -> Dict[str, object]:
+def _meta(started: float, quick: bool) -> Dict[str, Any]:
     import postfork
 
-    versions = {}
+    versions: Dict[str, str] = {}
     for lib in ("redis", "psycopg", "sqlalchemy", "pymongo", "gunicorn"):
         try:
             versions[lib] = __import__(lib).__version__
