@@ -10,8 +10,10 @@ closes that process's own clients gracefully. Both are connected with ``weak=Fal
 signals hold receivers by weak reference by default. The resets do no network I/O, so they
 finish far inside Celery's ``worker_proc_alive_timeout`` (4 s).
 
-In strict mode (``POSTFORK_STRICT=1``) a failed reset raises from the receiver; Celery logs
-it ("Signal handler ... raised: ResetError(...)", naming the client) and keeps the process.
+In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a pool process whose
+reset failed exits before it takes a task, after logging which client failed (Celery alone
+would log the exception and run tasks): at start-up Celery then stops with "Unrecoverable
+error: WorkerLostError('Could not start worker processes')".
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 from celery import signals
 
+from postfork import ForkSafetyError, ResetError
+
 from ._hook import close_and_log, default_guard, reset_and_log
 
 __all__ = ["on_worker_process_init", "on_worker_process_shutdown"]
@@ -31,7 +35,15 @@ log = logging.getLogger("postfork")
 
 def on_worker_process_init(**_: Any) -> None:
     """``worker_process_init`` receiver: reset this pool process's clients."""
-    reset_and_log(log.info, log.error)
+    try:
+        reset_and_log(log.info, log.error)
+    except (ResetError, ForkSafetyError):
+        # Celery would log this and let the process run tasks with a client that failed to
+        # reset. Strict mode asked for the opposite: leave before taking any task.
+        log.critical("postfork: strict mode: pool process %d exits without running a task",
+                     os.getpid())
+        logging.shutdown()
+        os._exit(1)
 
 
 def on_worker_process_shutdown(pid: Any = None, **_: Any) -> None:

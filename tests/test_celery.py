@@ -16,7 +16,7 @@ import sys
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 from urllib.parse import urlparse, urlunparse
 
 import pytest
@@ -41,16 +41,17 @@ def celery_worker(tmp_path: Path, redis_url: str) -> Iterator[Any]:
     started: List[Server] = []
     caller = celery.Celery("postfork_test_caller", broker=broker, backend=broker)
 
-    def start(*args: str) -> Server:
+    def start(*args: str, extra_env: Optional[Dict[str, str]] = None, wait: bool = True) -> Server:
         argv = [str(BIN / "celery"), "-A", "_celery_gc_app", "worker", "--pool", "prefork",
                 "--concurrency", "2", "-l", "info", "-Q", queue, "-n", f"{queue}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", *args]
         env = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker,
-               "POSTFORK_EXAMPLE_QUEUE": queue, "PYTHONPATH": f"{EXAMPLES}:{TESTS}"}
+               "POSTFORK_EXAMPLE_QUEUE": queue, "PYTHONPATH": f"{EXAMPLES}:{TESTS}", **(extra_env or {})}
         server = Server(argv, tmp_path / f"celery-{len(started)}.log", env=env,
                         stop_signal=signal.SIGTERM)  # warm shutdown
         started.append(server)
-        server.wait_for(lambda: " ready." in server.log, 30, "the worker to be ready")
+        if wait:
+            server.wait_for(lambda: " ready." in server.log, 30, "the worker to be ready")
         return server
 
     def call(delay: float = 0.0) -> Any:
@@ -104,6 +105,17 @@ def test_a_recycled_pool_process_resets_again(celery_worker) -> None:
     closed = re.findall(r"postfork: closed \d+ clients? in [\d.]+ ms \(pid (\d+)\), 0 failed",
                         worker.log)
     assert sorted(int(pid) for pid in closed) == sorted(pids), worker.describe()
+
+
+def test_strict_mode_stops_the_worker_naming_the_client(celery_worker) -> None:
+    start, _ = celery_worker
+    worker = start("--include", "_broken", extra_env={"POSTFORK_STRICT": "1"}, wait=False)
+    worker.wait_for(lambda: "Unrecoverable error" in worker.log, 30, "the worker to give up")
+    assert worker.proc.wait(30) != 0
+    log = worker.log
+    assert re.search(r"ERROR/ForkPoolWorker-\d+\] postfork: reset of broken-client failed", log)
+    assert "postfork: strict mode: pool process" in log
+    assert "WorkerLostError('Could not start worker processes')" in log, worker.describe()
 
 
 def test_import_without_a_worker_only_connects_the_receivers() -> None:

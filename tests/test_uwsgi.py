@@ -35,10 +35,10 @@ def servers() -> Iterator[List[Server]]:
 
 
 def uwsgi(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, str],
-          app: str = "app:application", wait: bool = True) -> Server:
+          wait: bool = True) -> Server:
     port = free_port()
     argv = [str(BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--processes", "2",
-            "--die-on-term", "--pythonpath", str(TESTS), *args, "--module", app]
+            "--die-on-term", "--pythonpath", str(TESTS), *args, "--module", "app:application"]
     server = Server(argv, tmp_path / f"uwsgi-{port}.log", port=port, stop_signal=signal.SIGINT,
                     env={"POSTFORK_EXAMPLE_DIR": str(tmp_path), **env})
     servers.append(server)
@@ -140,14 +140,14 @@ def test_a_hook_set_before_the_import_still_runs(servers, tmp_path, master) -> N
 
 def test_a_failing_reset_is_logged_and_strict_mode_keeps_the_worker_from_serving(
         servers, tmp_path) -> None:
-    lenient = uwsgi(servers, tmp_path, "--master", *INTEGRATION, env={}, app="_failing_app:application")
+    lenient = uwsgi(servers, tmp_path, "--master", "--import", "_broken", *INTEGRATION, env={})
     reply = lenient.get("/?n=5")
     assert reply["clients"]["sqlite"]["answer"] == 5 and reply["resets"] == 1
     assert re.search(rf"^postfork: reset of broken-client failed in pid {reply['pid']}: "
                      r"RuntimeError: this reset always fails", lenient.log, re.M), lenient.describe()
 
-    strict = uwsgi(servers, tmp_path, "--master", *INTEGRATION, env={"POSTFORK_STRICT": "1"},
-                   app="_failing_app:application", wait=False)
+    strict = uwsgi(servers, tmp_path, "--master", "--import", "_broken", *INTEGRATION,
+                   env={"POSTFORK_STRICT": "1"}, wait=False)
     strict.wait_for(lambda: strict.log.count("OOPS ! failed loading app in worker") >= 2, 30,
                     "both workers to exit")
     log = strict.log

@@ -1,9 +1,12 @@
-"""The example app plus one registered client whose reset always raises ("broken-client")."""
+"""A registered client whose reset always raises ("broken-client").
+
+Import it in the master beside the example app: gunicorn's config file, uWSGI's ``--import``,
+Celery's ``--include``.
+"""
 
 from __future__ import annotations
 
 import postfork
-from app import application  # noqa: F401  (examples/ is on the path)
 
 
 class BrokenClient:
