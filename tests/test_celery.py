@@ -130,9 +130,12 @@ def test_import_without_a_worker_only_connects_the_receivers() -> None:
         "from celery import signals\n"
         "gc.collect()\n"
         "live = lambda s: [getattr(r, '__name__', r) for r in s._live_receivers(None)]\n"
+        "import weakref\n"
+        "weak = [k for s in (signals.worker_process_init, signals.worker_process_shutdown)\n"
+        "        for k, r in s.receivers if isinstance(r, weakref.ReferenceType)]\n"
         "print(json.dumps({'init': live(signals.worker_process_init),\n"
         "                  'shutdown': live(signals.worker_process_shutdown),\n"
-        "                  'resets': calls, 'guard': _guard.mode()}))\n"
+        "                  'weak': weak, 'resets': calls, 'guard': _guard.mode()}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("POSTFORK_GUARD", "POSTFORK_STRICT")}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -140,4 +143,5 @@ def test_import_without_a_worker_only_connects_the_receivers() -> None:
     assert out.returncode == 0 and out.stderr == "", out.stderr
     result = json.loads(out.stdout)  # and nothing else on stdout
     assert result == {"init": ["on_worker_process_init"], "shutdown": ["on_worker_process_shutdown"],
+                      "weak": [],  # held strongly (weak=False): a gc cannot drop them
                       "resets": [], "guard": "warn"}  # the guard's warn mode is the one effect
