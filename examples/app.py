@@ -86,7 +86,7 @@ def _postgres(dsn: str) -> Probe:
 def _mongo(url: str) -> Probe:
     from pymongo import MongoClient
 
-    client = postfork.register(MongoClient(url, serverSelectionTimeoutMS=5000))
+    client: "MongoClient[Dict[str, Any]]" = postfork.register(MongoClient(url, serverSelectionTimeoutMS=5000))
 
     def peer_port() -> int:
         return int(client.admin.command("whatsmyuri")["you"].rsplit(":", 1)[1])

@@ -24,7 +24,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 EXAMPLES = Path(__file__).resolve().parent
 WORK = EXAMPLES.parent / ".demo"
@@ -141,9 +141,9 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 def report(master: Dict[str, Any], replies: List[Dict[str, Any]], journal: Path) -> bool:
     clients = [c for c in IDENTITY if c in master]
-    served: Counter = Counter(r["pid"] for r in replies)
-    wrong: Counter = Counter()
-    ids: Dict[int, Dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    served: Counter[int] = Counter(r["pid"] for r in replies)
+    wrong: Counter[int] = Counter()
+    ids: Dict[int, Dict[str, Set[Any]]] = defaultdict(lambda: defaultdict(set))
     for r in replies:
         for name, c in r["clients"].items():
             ids[r["pid"]][name].add(c["id"])

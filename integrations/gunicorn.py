@@ -78,7 +78,7 @@ def _chain(first: Hook, second: Hook, user: Hook) -> Hook:
         first(server, worker)
         second(server, worker)
 
-    del hook.__wrapped__  # type: ignore[attr-defined]  # gunicorn checks this wrapper's arity
+    del hook.__wrapped__  # gunicorn checks the arity of this wrapper, (server, worker)
     return hook
 
 

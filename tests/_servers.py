@@ -17,7 +17,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -125,9 +125,9 @@ def wrong_answers(responses: Sequence[Dict[str, Any]]) -> List[str]:
     return wrong
 
 
-def identities(responses: Sequence[Dict[str, Any]], client: str) -> Dict[int, set]:
+def identities(responses: Sequence[Dict[str, Any]], client: str) -> Dict[int, Set[Any]]:
     """worker pid -> the identities of ``client``'s connection it reported."""
-    seen: Dict[int, set] = {}
+    seen: Dict[int, Set[Any]] = {}
     for r in responses:
         seen.setdefault(r["pid"], set()).add(r["clients"][client]["id"])
     return seen
