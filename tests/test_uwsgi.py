@@ -138,6 +138,21 @@ def test_a_hook_set_before_the_import_still_runs(servers, tmp_path, master) -> N
     assert not re.search(rf"^postfork: reset .* \(pid {loader}\)", log, re.M)
 
 
+def test_mules_and_spoolers_reset_too(servers, tmp_path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    server = uwsgi(servers, tmp_path, "--master", "--mule", "--spooler", str(spool), *INTEGRATION,
+                   env={})
+    spawned = [re.compile(r"spawned uWSGI mule 1 \(pid: (\d+)\)"),
+               re.compile(r"spawned the uWSGI spooler on dir .* with pid (\d+)")]
+    server.wait_for(lambda: all(r.search(server.log) for r in spawned), 20, "the mule and spooler")
+    pids = [int(m.group(1)) for m in (r.search(server.log) for r in spawned) if m]
+    server.wait_for(lambda: all(f"(pid {pid}), 0 failed" in server.log for pid in pids), 20,
+                    "the mule and the spooler to reset")
+    counts = Counter(int(m.group(2)) for m in SUMMARY.finditer(server.log))
+    assert [counts[pid] for pid in pids] == [1, 1], server.describe()
+
+
 def test_a_failing_reset_is_logged_and_strict_mode_keeps_the_worker_from_serving(
         servers, tmp_path) -> None:
     lenient = uwsgi(servers, tmp_path, "--master", "--import", "_broken", *INTEGRATION, env={})
