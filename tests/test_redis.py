@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -635,12 +635,17 @@ def cluster_url() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _cluster_child(cluster: RedisCluster, key: str) -> Tuple[int, bytes]:
-    node = cluster.get_node_from_key(key)
-    return int(cluster.get_redis_connection(node).client_id()), cluster.get(key)
+def _node_pool(cluster: RedisCluster, key: str) -> Any:
+    return cluster.get_redis_connection(cluster.get_node_from_key(key)).connection_pool
 
 
-def _cluster_ids(cluster: RedisCluster, key: str) -> int:
+def _cluster_child(cluster: RedisCluster, key: str,
+                   parent_inode: int = -1) -> Tuple[int, bytes, bool]:
+    inherited_open = parent_inode in open_socket_inodes()  # right after the resets
+    return _node_client_id(cluster, key), cluster.get(key), inherited_open
+
+
+def _node_client_id(cluster: RedisCluster, key: str) -> int:
     return int(cluster.get_redis_connection(cluster.get_node_from_key(key)).client_id())
 
 
@@ -650,17 +655,20 @@ def test_cluster_registered_child_gets_own_node_connections(
     cluster = managed(RedisCluster.from_url(cluster_url, socket_timeout=5))
     key = f"postfork-test:{uuid.uuid4().hex}"
     cluster.set(key, "v")
-    parent_id = _cluster_ids(cluster, key)
+    parent_id = _node_client_id(cluster, key)
+    parent_sock = _node_pool(cluster, key)._available_connections[0]._sock
+    parent_inode = os.fstat(parent_sock.fileno()).st_ino
     # A parent thread inside the nodes manager at fork: without the reset, the child's first
     # command would wait for this lock forever.
     thread, done = holding(cluster.nodes_manager._lock)
     try:
-        child_id, value = fork_child(_cluster_child, cluster, key, reset=explicit_reset).result(20)
+        child_id, value, inherited_open = fork_child(
+            _cluster_child, cluster, key, parent_inode, reset=explicit_reset).result(20)
     finally:
         done.set()
         thread.join(5)
-    assert value == b"v" and child_id != parent_id
-    assert _cluster_ids(cluster, key) == parent_id and cluster.get(key) == b"v"
+    assert value == b"v" and child_id != parent_id and not inherited_open
+    assert _node_client_id(cluster, key) == parent_id and cluster.get(key) == b"v"
     cluster.close()
 
 

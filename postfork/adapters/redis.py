@@ -3,10 +3,12 @@
 What the child inherits and what each reset does about it (redis-py 8.1, read from its source):
 
 - A pool (``ConnectionPool``, ``BlockingConnectionPool``) checks ``os.getpid()`` on every call
-  and resets itself, but ``_checkpid`` waits at most 5 s for ``_fork_lock`` and ``reset()``
-  (since 6.0) takes ``_lock``: a lock that a parent thread held at fork is held forever here,
-  so a child first stalls 5 s, then raises ``ChildDeadlockedError``. We re-create every lock
-  first, then drop the inherited connections and call the pool's own ``reset()``.
+  and resets itself, but a lock that a parent thread held at fork is held forever here:
+  ``reset()`` (since 6.0) takes ``_lock`` and then hangs, and ``_checkpid`` gives up on
+  ``_fork_lock`` after 5 s with ``ChildDeadlockedError``. The same goes for the client's
+  ``single_connection_lock``, a PubSub's ``_lock`` and the locks of the helpers they share
+  (event dispatcher, HIMPORT registry, maintenance handler). We re-create every lock first,
+  then drop the inherited connections and call the pool's own ``reset()``.
 - Dropping a sync connection is ``Connection.disconnect()`` while ``conn.pid`` is still the
   parent's: redis-py then only ``close()``s its copy of the socket, never ``shutdown()`` (which
   would end the parent's connection too), sends nothing, and forgets the socket (``_sock`` and
@@ -22,7 +24,9 @@ What the child inherits and what each reset does about it (redis-py 8.1, read fr
 - asyncio has no pid check anywhere. Its connections hold a transport of the parent's event
   loop: closing it would touch that loop (epoll, ``call_soon``), so we leave the transport
   alone and retire the descriptor under it (:func:`retire_fd`): the number stays taken while
-  the transport lives, and the parent's socket is no longer open here.
+  the transport lives, and the parent's socket is no longer open here. Its asyncio locks
+  belong to the parent's loop and are replaced. A ``single_connection_client`` lets go of its
+  connection and takes a new one from the pool on first use, in the child's own loop.
 """
 
 from __future__ import annotations
