@@ -447,6 +447,37 @@ def test_pool_child_gets_own_connection(redis_url: str, observer: "redis.Redis",
     client.connection_pool.disconnect()
 
 
+@pytest.mark.parametrize("blocking", [False, True], ids=["pool", "blocking_pool"])
+def test_single_connection_stays_counted_by_its_pool(redis_url: str, managed: Callable[[Any], Any],
+                                                     blocking: bool) -> None:
+    """In the child the dedicated connection is still one of the pool's: max_connections holds
+    and close() hands it back, as in the parent."""
+    pool_class = redis.BlockingConnectionPool if blocking else redis.ConnectionPool
+    pool = pool_class.from_url(redis_url, max_connections=2, **({"timeout": 1} if blocking else {}))
+    client = managed(redis.Redis(connection_pool=pool, single_connection_client=True))
+    client.ping()
+
+    def child() -> Tuple[str, bool]:
+        conn = client.connection
+        client.ping()
+        second = redis.Redis(connection_pool=pool, single_connection_client=True)
+        try:
+            redis.Redis(connection_pool=pool, single_connection_client=True)
+            third = "allowed"
+        except redis.ConnectionError as exc:
+            third = str(exc)
+        client.close()
+        second.close()
+        idle = list(pool.pool.queue) if blocking else pool._available_connections
+        return third, conn in idle
+
+    third, returned = run_in_child(child)
+    assert third == ("No connection available." if blocking else "Too many connections")
+    assert returned
+    client.close()
+    pool.disconnect()
+
+
 # -- 5. asyncio -----------------------------------------------------------------------------------
 
 
