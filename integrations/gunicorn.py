@@ -42,8 +42,12 @@ def post_fork(server: Any, worker: Any) -> None:
     """gunicorn ``post_fork``: run the resets in the new worker and log the summary to
     ``server.log``. A failing reset is logged as an error and the worker serves on; in strict
     mode (``POSTFORK_STRICT=1``) or with the guard in ``raise`` mode the exception propagates,
-    so gunicorn reports "Worker failed to boot" with the failing client named in its log."""
-    reset_and_log(server.log.info, server.log.error)
+    so gunicorn reports "Worker failed to boot" with the failing client named in its log.
+    The guard's findings are logged as warnings too: its ForkSafetyWarnings go to stderr,
+    which is not gunicorn's log when ``errorlog`` names a file."""
+    report = reset_and_log(server.log.info, server.log.error)
+    for finding in report.findings:
+        server.log.warning("postfork guard: %s", finding)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

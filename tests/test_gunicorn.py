@@ -73,6 +73,7 @@ def test_preload_three_workers_each_own_connections(servers, tmp_path, redis_url
     counts = summaries(server.log)
     assert all(counts[pid] == 1 for pid in workers), server.describe()
     assert master["pid"] not in counts  # the master itself is never reset
+    assert "postfork guard:" not in server.log  # every client is managed: no finding
 
     assert server.stop() == 0
     # worker_exit closed each worker's own clients, and never the master's
@@ -148,3 +149,33 @@ def test_strict_mode_stops_gunicorn_naming_the_client(servers, tmp_path) -> None
     assert "Worker failed to boot" in log
     assert "ResetError" in log and "broken-client" in log
     assert "user post_fork ran" not in log  # the worker stopped before serving anything
+
+
+def test_the_guard_names_an_unmanaged_client(servers, tmp_path, redis_url) -> None:
+    # The integration switched the guard on (warn) before the app was preloaded, so a client
+    # the app leaves unmanaged is named, with its creation site, in each worker's log.
+    (tmp_path / "leaky.py").write_text(
+        "import os, redis\n"
+        "client = redis.Redis.from_url(os.environ['REDIS_URL'])\n"
+        "client.ping()\n"
+    )
+    conf = tmp_path / "leaky.conf.py"
+    conf.write_text(
+        "import sys\n"
+        "from postfork.integrations.gunicorn import post_fork, worker_exit\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import leaky  # built after the integration switched the guard on\n"
+        f"pythonpath = {str(EXAMPLES)!r}\n"
+        "wsgi_app = 'app:application'\n"
+        "preload_app = True\n"
+        "workers = 1\n"
+    )
+    server = gunicorn(servers, tmp_path, env={"REDIS_URL": redis_url}, config=str(conf))
+    server.wait_http()
+    worker = server.get("/?n=1")["pid"]
+    server.wait_for(lambda: "postfork guard:" in server.log, 10, "the guard's finding")
+    log = server.log
+    assert re.search(r"postfork guard: .*Redis", log) and f"{tmp_path / 'leaky.py'}:2" in log, \
+        server.describe()
+    assert f"(pid {worker}), 0 failed, 1 guard finding" in log
+    assert re.search(rf"\[{worker}\] \[WARNING\] postfork guard: redis.Redis built at .*leaky.py:2", log)
