@@ -85,6 +85,7 @@ def test_each_pool_process_has_its_own_connection(celery_worker) -> None:
     # the receiver ran in each pool process (after the gc.collect() in the main process)
     counts = _summaries(worker.log)
     assert {pid: counts[pid] for pid in by_pid} == {pid: 1 for pid in by_pid}, worker.describe()
+    assert "postfork guard:" not in worker.log  # the one client is managed: no finding
 
 
 def test_a_recycled_pool_process_resets_again(celery_worker) -> None:

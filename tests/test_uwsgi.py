@@ -101,6 +101,7 @@ def test_each_worker_resets_once_and_owns_its_connections(servers, tmp_path, red
     workers = {r["pid"] for r in responses}
     assert {pid: counts[pid] for pid in workers} == {pid: 1 for pid in workers}, server.describe()
     assert master["pid"] not in counts
+    assert "postfork guard:" not in server.log  # every client is managed: no finding
 
 
 def test_lazy_apps_still_work(servers, tmp_path, redis_url) -> None:
