@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import sys
-import threading
 import traceback
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, TextIO

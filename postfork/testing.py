@@ -27,7 +27,7 @@ import select
 import signal
 import time
 import traceback
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, List, TypeVar
 
 __all__ = ["run_in_child", "fork_child", "assert_fork_safe", "Child", "ChildError", "FindingsError"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from typing import Iterator
+from typing import Iterator, List
 from urllib.parse import urlparse
 
 import pytest
@@ -81,3 +81,23 @@ def mockupdb() -> Iterator["object"]:
 @pytest.fixture
 def redis_key() -> str:
     return f"postfork-test:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """The test starts and ends with the registry it found (other modules' objects stay)."""
+    from postfork._registry import REGISTRY
+
+    before = dict(REGISTRY._entries)
+    yield
+    REGISTRY._entries.clear()
+    REGISTRY._entries.update(before)
+
+
+@pytest.fixture
+def servers() -> "Iterator[List[object]]":
+    """Servers a test starts (``tests/_servers.Server``); each is stopped at teardown."""
+    started: List[object] = []
+    yield started
+    for server in started:
+        server.stop()  # type: ignore[attr-defined]

@@ -33,13 +33,7 @@ def record(client: Client) -> None:
     client.resets.append(os.getpid())
 
 
-@pytest.fixture(autouse=True)
-def clean_registry() -> Any:
-    """Each test starts and ends with the registry it found (other tests' objects stay)."""
-    before = dict(REGISTRY._entries)
-    yield
-    REGISTRY._entries.clear()
-    REGISTRY._entries.update(before)
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 # -- registration --------------------------------------------------------------------------
@@ -181,7 +175,7 @@ def test_one_failing_reset_never_stops_the_others(caplog: pytest.LogCaptureFixtu
     assert failed == [("bad", "ConnectionError", "boom: cannot reset")]
     assert counts == [2, 2, 2]  # the at-fork run and the forced one; the repeat ran nothing
     assert same and new_on_force and not ok
-    assert "1 failed" in line and f"(pid " in line and "bad" in line
+    assert "1 failed" in line and "(pid " in line and "bad" in line
 
 
 def test_failure_is_logged_with_traceback() -> None:

@@ -13,22 +13,13 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
-import pytest
 
 from _servers import BIN, EXAMPLES, Server, free_port, identities, wrong_answers
 
 TESTS = Path(__file__).resolve().parent
 SUMMARY = re.compile(r"\[INFO\] postfork: reset (\d+) clients? in [\d.]+ ms \(pid (\d+)\), (\d+) failed")
-
-
-@pytest.fixture
-def servers() -> Iterator[List[Server]]:
-    started: List[Server] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def gunicorn(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, str],

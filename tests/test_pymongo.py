@@ -31,7 +31,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 import postfork
-from postfork._registry import REGISTRY
 from postfork.testing import Child, ChildError, run_in_child
 
 pymongo = pytest.importorskip("pymongo")
@@ -123,12 +122,7 @@ def mongo(mockupdb: Any) -> Iterator[Tuple[Any, Seen]]:
     yield mockupdb, seen
 
 
-@pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    before = dict(REGISTRY._entries)
-    yield
-    REGISTRY._entries.clear()
-    REGISTRY._entries.update(before)
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 @pytest.fixture

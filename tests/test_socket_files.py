@@ -20,17 +20,11 @@ from urllib.parse import urlparse
 import pytest
 
 import postfork
-from postfork._registry import REGISTRY
 from postfork.adapters import files as files_adapter
 from postfork.testing import fork_child, run_in_child
 
 
-@pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    before = dict(REGISTRY._entries)
-    yield
-    REGISTRY._entries.clear()
-    REGISTRY._entries.update(before)
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 # -- sockets -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 
@@ -24,14 +24,6 @@ from _servers import BIN, Server, free_port, identities, wrong_answers
 TESTS = Path(__file__).resolve().parent
 SUMMARY = re.compile(r"^postfork: reset (\d+) clients? in [\d.]+ ms \(pid (\d+)\), (\d+) failed", re.M)
 INTEGRATION = ["--import", "postfork.integrations.uwsgi"]
-
-
-@pytest.fixture
-def servers() -> Iterator[List[Server]]:
-    started: List[Server] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def uwsgi(servers: List[Server], tmp_path: Path, *args: str, env: Dict[str, str],

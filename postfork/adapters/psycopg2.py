@@ -12,7 +12,7 @@ be reopened in place: for one per process use ``postfork.local(lambda: psycopg2.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._retire import retire_fd
 
