@@ -92,7 +92,7 @@ def _load_entry_points() -> Dict[str, Any]:
         try:
             eps = entry_points(group="postfork.adapters")  # type: ignore[call-arg]
         except TypeError:  # Python 3.9: entry_points() takes no arguments
-            eps = entry_points().get("postfork.adapters", [])  # type: ignore[attr-defined]
+            eps = entry_points().get("postfork.adapters", [])  # type: ignore[attr-defined, arg-type]
         _entry_points = {ep.name: ep for ep in eps}
     return _entry_points
 

@@ -58,8 +58,9 @@ def describe(fd: int, inode: int = 0) -> Optional[SocketInfo]:
     except OSError:
         return None
     try:
-        family = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6", socket.AF_UNIX: "unix"}.get(
-            sock.family, str(sock.family))
+        names: Dict[int, str] = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6",
+                                 socket.AF_UNIX: "unix"}
+        family = names.get(sock.family, str(sock.family))
         stream = sock.type == socket.SOCK_STREAM
         try:
             listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))

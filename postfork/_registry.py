@@ -9,6 +9,7 @@ in every child, and the server integrations call it again, which is then a no-op
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -61,9 +62,9 @@ class Registry:
     def add(self, obj: Any, reset: Callable[[Any], Any], name: str) -> None:
         key = id(obj)
         try:
-            ref: Callable[[], Any] = weakref.ref(obj, lambda _r, key=key: self._forget(key, _r))
+            ref: Callable[[], Any] = weakref.ref(obj, functools.partial(self._forget, key))
         except TypeError:  # e.g. a psycopg2 connection: hold it strongly
-            ref = lambda: obj  # noqa: E731
+            ref = functools.partial(_same, obj)
         with self._lock:
             old = self._entries.get(key)
             if old is not None and old.ref() is obj:
@@ -152,6 +153,10 @@ class Registry:
             self.run()
         except (ResetError, ForkSafetyError):
             pass  # logged already; the integration's own reset_all() call raises it again
+
+
+def _same(obj: Any) -> Any:
+    return obj
 
 
 def _run_one(name: str, reset: Callable[[Any], Any], obj: Any) -> Entry:

@@ -56,7 +56,8 @@ def reset_mongo_client(client: Any) -> None:
 def _renew_metadata_lock(client: Any, create_lock: Any) -> None:
     # PoolOptions has a lock of its own (appending driver metadata). It is a name-mangled slot.
     options = getattr(getattr(client, "_options", None), "pool_options", None)
-    if isinstance(getattr(options, "_PoolOptions__metadata_lock", None), _thread.LockType):
+    if options is not None and isinstance(
+            getattr(options, "_PoolOptions__metadata_lock", None), _thread.LockType):
         options._PoolOptions__metadata_lock = create_lock()
 
 
