@@ -95,7 +95,7 @@ class Server:
         """Seconds from :meth:`start` until ``workers`` distinct worker pids have answered.
 
         ``probes`` threads poll at once; each request sleeps 20 ms in the worker after its
-        redis GET and SELECT 1, so a busy worker cannot take every probe and each worker gets
+        redis GET and SELECT, so a busy worker cannot take every probe and each worker gets
         one in turn."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""The benchmark app: each request is one redis ``GET`` and one PostgreSQL ``SELECT 1``.
+"""The benchmark app: each request is one redis ``GET`` and one PostgreSQL ``SELECT``.
 
 Built at import time, as a preloaded app builds its clients in the gunicorn master: a
 ``redis.Redis(single_connection_client=True)`` and a ``psycopg_pool.ConnectionPool``, each
@@ -9,9 +9,9 @@ own is the variant under test (``POSTFORK_BENCH_VARIANT``):
 - ``handwritten``: no postfork at all; the config's own ``post_fork`` calls :func:`build_clients`.
 - ``unmanaged``: nothing; the workers share the master's connections (the hazard).
 
-``GET /`` reads a random key ``postfork:bench:k<i>`` whose value the app knows (``str(i)``):
-200 when both answers are right, 409 when a reply is wrong (another process's reply), 500 when
-a client raised. The body is the worker's pid. ``?sleep=S`` sleeps S seconds after the work,
+``GET /`` reads a random key ``postfork:bench:k<i>`` whose value the app knows (``str(i)``)
+and runs ``SELECT %s::int`` with ``i``: 200 when both answers are right, 409 when redis' reply
+is wrong (another process's reply), 422 when PostgreSQL's is, 500 when a client raised. The body is the worker's pid. ``?sleep=S`` sleeps S seconds after the work,
 so that concurrent probes land on distinct workers (used to see every worker answer at boot).
 """
 
@@ -74,13 +74,18 @@ def work() -> int:
     try:
         value = r.get(f"{PREFIX}{i}")
         with pool.connection() as conn:
-            one = conn.execute("SELECT 1").fetchone()[0]
+            # SELECT 1, with the number the reply must carry as its parameter: a reply that
+            # belongs to another process (a shared socket) is then seen as wrong.
+            got = conn.execute("SELECT %s::int", (i,)).fetchone()[0]
     except Exception:  # noqa: BLE001 - counted by the load generator as a 500
         return 500
-    return 200 if value == str(i).encode() and one == 1 else 409
+    if value != str(i).encode():
+        return 409  # redis answered another process's GET
+    return 200 if got == i else 422  # 422: PostgreSQL answered another process's SELECT
 
 
-_REASONS = {200: "200 OK", 409: "409 Conflict", 500: "500 Internal Server Error"}
+_REASONS = {200: "200 OK", 409: "409 Conflict", 422: "422 Unprocessable Entity",
+            500: "500 Internal Server Error"}
 
 
 def application(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -1,5 +1,5 @@
 """Row 3: worker boot. gunicorn ``--preload``, 4 sync workers: seconds from starting gunicorn
-until all 4 workers have answered a request (each a redis GET and a SELECT 1, so each worker's
+until all 4 workers have answered a request (each a redis GET and a SELECT, so each worker's
 first use of its clients is inside the measure), with postfork's ``post_fork`` against a
 hand-written one that rebuilds the same clients. Alternating runs, medians.
 """
@@ -47,7 +47,7 @@ def run(quick: bool = False) -> List[Row]:
         f"{runs} runs each in rotating order, medians; ratio = median of the paired ratios; both runs "
         f"of a pair give gunicorn's master the same random seed, so its random 0-100 ms pauses "
         f"between worker spawns are the same on both sides; each probe is a full request (redis "
-        f"GET + SELECT 1), so every worker's first use is inside; with the guard off "
+        f"GET + SELECT), so every worker's first use is inside; with the guard off "
         f"(`POSTFORK_GUARD=off`) the ratio is {off:.3f}×",
         {"seconds": times, "paired_ratios": pairs},
     )]

@@ -200,7 +200,8 @@ def run(quick: bool = False) -> List[Row]:
         else:
             target, met = "—", None
         rows.append(Row(
-            f"2-{n}", f"reset in the child, {n:,} registered redis clients (unconnected pools)",
+            f"2-{n}", f"reset in the child, {n:,} registered redis client{'s' if n > 1 else ''} "
+            f"(unconnected pools)",
             f"{fmt_ms(base, 3)} (fork {fmt_ms(fork, 3)} + first GET {fmt_ms(use, 3)})",
             fmt_ms(reset, 3), reset / base, target, met, COMMAND,
             f"median of {children} children; {reset / n * 1e6:.1f} µs per client; "

@@ -1,5 +1,6 @@
--- Count responses by status across wrk's threads: 200 right answer, 409 wrong answer
--- (another process's reply), anything else "other". Printed as one line for benchmarks/_load.py.
+-- Count responses by status across wrk's threads: 200 right answers, 409 a wrong redis reply,
+-- 422 a wrong PostgreSQL reply (another process's), anything else "other". Printed as one line
+-- for benchmarks/_load.py.
 local threads = {}
 
 function setup(thread)
@@ -7,7 +8,7 @@ function setup(thread)
 end
 
 function init(args)
-  ok, wrong, other = 0, 0, 0
+  ok, wrong, wrongpg, other = 0, 0, 0, 0
 end
 
 function response(status, headers, body)
@@ -15,17 +16,20 @@ function response(status, headers, body)
     ok = ok + 1
   elseif status == 409 then
     wrong = wrong + 1
+  elseif status == 422 then
+    wrongpg = wrongpg + 1
   else
     other = other + 1
   end
 end
 
 function done(summary, latency, requests)
-  local o, w, x = 0, 0, 0
+  local o, w, p, x = 0, 0, 0, 0
   for _, t in ipairs(threads) do
     o = o + t:get("ok")
     w = w + t:get("wrong")
+    p = p + t:get("wrongpg")
     x = x + t:get("other")
   end
-  io.write(string.format("POSTFORK_COUNTS ok=%d wrong=%d other=%d\n", o, w, x))
+  io.write(string.format("POSTFORK_COUNTS ok=%d wrong=%d wrongpg=%d other=%d\n", o, w, p, x))
 end
