@@ -46,14 +46,16 @@ class Server:
     """One gunicorn master with ``workers`` workers serving ``bench_app`` in ``variant``."""
 
     def __init__(self, variant: str, workers: int = 4, log: Optional[Path] = None,
-                 seed: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> None:
+                 seed: Optional[int] = None, env: Optional[Dict[str, str]] = None,
+                 name: Optional[str] = None) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
         self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"postfork-bench-{variant}.log"
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log = log or tmp / f"postfork-bench-{name or variant}.log"  # gunicorn's output
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.started = 0.0
         self.worker_pids: Set[int] = set()

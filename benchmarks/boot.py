@@ -27,7 +27,7 @@ def measure(runs: int) -> Dict[str, List[float]]:
     for i in range(runs):
         for name in names[i % 3:] + names[:i % 3]:
             variant, env = CASES[name]
-            with Server(variant, seed=i, env=env) as server:
+            with Server(variant, seed=i, env=env, name=name) as server:
                 out[name].append(server.wait_all_workers())
             progress(f"boot: run {i + 1}/{runs} {name}: {out[name][-1] * 1e3:.0f} ms")
     return out

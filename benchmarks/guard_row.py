@@ -27,6 +27,13 @@ def run(quick: bool = False) -> List[Row]:
                           "--repeat", str(repeat)], capture_output=True, text=True, check=True,
                          timeout=600).stdout
     d = json.loads(out)
+    progress("guard: socket.socket construction and accept(), guard off vs warn")
+    number, srepeat = (100, 2) if quick else (2000, 10)
+    sock = json.loads(subprocess.run(
+        [sys.executable, str(HERE / "guard_sockets.py"), "--number", str(number), "--repeat",
+         str(srepeat)], capture_output=True, text=True, check=True, timeout=600).stdout)
+    build, acc = sock["build"], sock["accept"]
+    sock_cmd = f"python benchmarks/guard_sockets.py --number {number} --repeat {srepeat}"
     return [Row(
         "6", f"guard: building {clients:,} `redis.Redis`, guard `warn` vs off",
         f"{d['off_us_per_client']:.1f} µs/client", f"{d['on_us_per_client']:.1f} µs/client",
@@ -35,4 +42,16 @@ def run(quick: bool = False) -> List[Row]:
         f"{repeat} interleaved batches each in one process, as guard_overhead.py measures them"
         + (f" (ratio of medians {d['median_ratio']:.3f}×)" if "median_ratio" in d else "")
         + "; the guard adds nothing to client calls, only to construction", d,
+    ), Row(
+        "6b", "guard: `socket.socket()` + `close()` (a tracked family), guard `warn` vs off",
+        f"{build['off'] * 1e6:.1f} µs", f"{build['warn'] * 1e6:.1f} µs",
+        build["warn"] / build["off"], "≤ 1.05×", build["warn"] / build["off"] <= 1.05, sock_cmd,
+        f"min of {srepeat} interleaved repetitions of {number:,}", sock,
+    ), Row(
+        "6c", "guard: a loopback connection accepted (what a gunicorn sync worker does per request)",
+        f"{acc['off'] * 1e6:.1f} µs", f"{acc['warn'] * 1e6:.1f} µs", acc["warn"] / acc["off"],
+        "—", None, sock_cmd,
+        "connect (an untracked C socket, the load generator's end) + `accept()` + close both; "
+        "`accept()` builds a `socket.socket` in the worker, so with the guard on every request "
+        "pays the tracking of one socket (see row 4c)",
     )]

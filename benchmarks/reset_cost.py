@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import socket
 import tempfile
 import time
@@ -115,6 +116,7 @@ def mixed(children: int) -> Dict[str, Any]:
     r.ping()
     uses.append(r.ping)
     tmp = tempfile.mkdtemp(prefix="postfork-bench-")
+    cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     engine = postfork.register(sqlalchemy.create_engine(f"sqlite:///{tmp}/bench.db"))
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("SELECT 1"))

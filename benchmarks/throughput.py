@@ -2,10 +2,11 @@
 request one redis GET and one PostgreSQL ``SELECT %s::int`` (SELECT 1 carrying the number its
 reply must show), driven by wrk on loopback.
 
-Three variants: postfork-registered clients, a hand-written ``post_fork`` that rebuilds them,
-and unmanaged shared clients (whose wrong answers and errors are counted beside its speed). The
-three servers run at once (idle sync workers cost nothing) and the load alternates between them
-in short runs, A/B/C, B/C/A, ..., so that the noise of this shared machine falls on all three
+Three variants: postfork-registered clients (as the gunicorn integration runs them, guard on in
+warn mode, and again with the guard off), a hand-written ``post_fork`` that rebuilds them, and
+unmanaged shared clients (whose wrong answers and errors are counted beside its speed). The
+servers run at once (idle sync workers cost nothing) and the load alternates between them
+in short runs, A/B/C/D, B/C/D/A, ..., so that the noise of this shared machine falls on all
 alike; each server is warmed up first. Medians over rounds; the ratio is the median of the
 per-round ratios.
 """
@@ -20,7 +21,15 @@ from _gunicorn import Server
 from _table import Row, median, progress
 
 COMMAND = "python benchmarks/run.py throughput"
-VARIANTS = ("postfork", "handwritten", "unmanaged")
+# name -> (server variant, extra environment). "postfork-guard-off" separates the guard, which
+# the gunicorn integration switches on in warn mode, from the rest of postfork.
+CASES = {
+    "postfork": ("postfork", {}),
+    "handwritten": ("handwritten", {}),
+    "unmanaged": ("unmanaged", {}),
+    "postfork-guard-off": ("postfork", {"POSTFORK_GUARD": "off"}),
+}
+VARIANTS = tuple(CASES)
 
 
 def measure(rounds: int, seconds: float, warmup: float) -> Dict[str, List[Dict[str, Any]]]:
@@ -28,7 +37,8 @@ def measure(rounds: int, seconds: float, warmup: float) -> Dict[str, List[Dict[s
     (the unmanaged variant gives most of its wrong answers there, in its first seconds)."""
     out: Dict[str, List[Dict[str, Any]]] = {v: [] for v in VARIANTS}
     with ExitStack() as stack:
-        servers = {v: stack.enter_context(Server(v)) for v in VARIANTS}
+        servers = {name: stack.enter_context(Server(variant, env=env, name=name))
+                   for name, (variant, env) in CASES.items()}
         for variant, server in servers.items():
             server.wait_all_workers()
             if warmup:
@@ -37,7 +47,8 @@ def measure(rounds: int, seconds: float, warmup: float) -> Dict[str, List[Dict[s
                 progress(f"throughput: warm-up {variant}: {result.rps:,.0f} req/s, "
                          f"{result.wrong} wrong, {result.errors} errors, {result.timeouts} timeouts")
         for i in range(rounds):
-            for variant in VARIANTS[i % 3:] + VARIANTS[:i % 3]:
+            n = len(VARIANTS)
+            for variant in VARIANTS[i % n:] + VARIANTS[:i % n]:
                 result = _load.drive(servers[variant].url, seconds)
                 out[variant].append(result.as_dict())
                 progress(f"throughput: round {i + 1}/{rounds} {variant}: {result.rps:,.0f} req/s, "
@@ -64,10 +75,11 @@ def run(quick: bool = False) -> List[Row]:
     w_redis = sum(r["wrong_redis"] for r in every["unmanaged"])
     w_pg = sum(r["wrong_pg"] for r in every["unmanaged"])
     fallback = "" if tool == "wrk" else f" FALLBACK load generator (Python threads), {_load.WRK_HINT};"
-    note = (f"{tool}, 8 connections; the three servers up at once, {rounds} rounds × "
+    note = (f"{tool}, 8 connections; the four servers up at once, {rounds} rounds × "
             f"{seconds:g} s per variant in rotating order after a {warmup:g} s warm-up each;"
             f"{fallback} req/s are medians, the ratio is the median of the per-round ratios")
-    r_hand, r_unm = median(pairs_hand), median(pairs_unm)
+    pairs_off = [p / h for p, h in zip(rps["postfork-guard-off"], rps["handwritten"])]
+    r_hand, r_unm, r_off = median(pairs_hand), median(pairs_unm), median(pairs_off)
     return [
         Row("4a", "throughput, redis GET + PostgreSQL SELECT per request: postfork vs hand-written `post_fork`",
             f"{med['handwritten']:,.0f} req/s, {wrong['handwritten']} wrong",
@@ -84,4 +96,11 @@ def run(quick: bool = False) -> List[Row]:
             f"{w_redis} from redis, {w_pg} from PostgreSQL, {early} of them in the first "
             f"{warmup:g} s (the warm-up); answers counted over the warm-up and all rounds",
             {"paired_ratios": pairs_unm}),
+        Row("4c", "throughput: postfork with the guard off (`POSTFORK_GUARD=off`) vs hand-written",
+            f"{med['handwritten']:,.0f} req/s, {wrong['handwritten']} wrong",
+            f"{med['postfork-guard-off']:,.0f} req/s, {wrong['postfork-guard-off']} wrong", r_off,
+            "≥ 0.98×", r_off >= 0.98 and wrong["postfork-guard-off"] == 0, COMMAND,
+            "the same servers and rounds as 4a; the difference between 4a and 4c is the guard, "
+            "whose tracking of `socket.socket` runs on every `accept()` (row 6c)",
+            {"paired_ratios": pairs_off}),
     ]
