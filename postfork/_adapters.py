@@ -10,7 +10,7 @@ built-in table below, whose modules are imported only when an object of theirs i
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Optional, TypeVar, Union

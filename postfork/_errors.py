@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
 
 if TYPE_CHECKING:
+    from typing import List
+
     from ._guard import Finding
     from ._report import Report
 

@@ -127,6 +127,19 @@ def test_local_resolve_makes_no_getpid_call(monkeypatch: pytest.MonkeyPatch) -> 
     assert calls == []
 
 
+def test_local_get_with_arguments_is_the_instance_get() -> None:
+    """``cache.get("key")`` on a local redis client must be redis' GET, not the resolver."""
+    lo = postfork.local(dict)
+    lo()["key"] = "value"
+    assert lo.get("key") == "value"
+    assert lo.get("missing", "default") == "default"
+    assert lo.get() is lo()
+
+
+def test_local_is_generic_at_run_time_without_typing() -> None:
+    assert postfork.Local[Client] is not None  # Local[Redis] in annotations evaluated at run time
+
+
 def test_local_forwards_attribute_writes_and_rejects_a_non_callable() -> None:
     lo = postfork.local(Client)
     lo.name = "x"
