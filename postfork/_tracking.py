@@ -49,6 +49,12 @@ _TARGETS: Dict[str, Tuple[str, ...]] = {
 # connecting, a MongoClient's monitor): owned by the tracked object whose method is on the stack.
 _LEAVES = {("socket", "socket"), ("psycopg.connection", "Connection"), ("psycopg2", "_connect")}
 
+# Objects that wrap a descriptor someone else opened are not built by the application: a socket
+# made with ``fileno=`` comes from ``accept()``, ``fromfd()`` or ``dup()`` (a gunicorn worker
+# accepting a request), and an inherited descriptor is found from /proc/self/fd anyway. Tracking
+# them would cost a stack walk per accepted connection. Value: the ``fileno`` argument's position.
+_WRAPS_A_DESCRIPTOR = {("socket", "socket"): 3}
+
 # Frames inside these top-level packages are "the client library" when looking for the
 # creation site. Standard-library files that build sockets and threads count as well.
 _LIBRARIES = ("redis", "pymongo", "bson", "gridfs", "sqlalchemy", "psycopg", "psycopg_pool",
@@ -235,14 +241,17 @@ _pending: Dict[int, Origin] = {}
 
 # -- patching ------------------------------------------------------------------------------
 
-def _wrap_init(cls: type, leaf: bool) -> None:
+def _wrap_init(cls: type, leaf: bool, fileno_at: Optional[int] = None) -> None:
     original = cls.__dict__.get("__init__")
     if original is None or getattr(original, "__postfork_wrapped__", False):
         return
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if not _on or id(self) in _records or id(self) in _pending:
-            original(self, *args, **kwargs)  # off, or a subclass's super().__init__() call
+        if (not _on or id(self) in _records or id(self) in _pending
+                or (fileno_at is not None and (len(args) > fileno_at
+                                               or kwargs.get("fileno") is not None))):
+            # off; a subclass's super().__init__() call; or a wrapped existing descriptor
+            original(self, *args, **kwargs)
             return
         owner = owner_hint(leaf)
         file, line = (None, 0) if owner is not None else site_of_caller(1, skip=self)
@@ -299,7 +308,8 @@ def _patch(module: ModuleType) -> None:
     for name in _TARGETS.get(module.__name__, ()):
         target = getattr(module, name, None)
         if isinstance(target, type):
-            _wrap_init(target, (module.__name__, name) in _LEAVES)
+            key = (module.__name__, name)
+            _wrap_init(target, key in _LEAVES, _WRAPS_A_DESCRIPTOR.get(key))
         elif callable(target):
             _wrap_function(module, name)
 
