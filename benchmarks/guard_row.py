@@ -52,6 +52,6 @@ def run(quick: bool = False) -> List[Row]:
         f"{acc['off'] * 1e6:.1f} µs", f"{acc['warn'] * 1e6:.1f} µs", acc["warn"] / acc["off"],
         "—", None, sock_cmd,
         "connect (an untracked C socket, the load generator's end) + `accept()` + close both; "
-        "`accept()` builds a `socket.socket` in the worker, so with the guard on every request "
-        "pays the tracking of one socket (see row 4c)",
+        "`accept()` builds a `socket.socket` in the accepting process, as a gunicorn sync worker "
+        "does for every request (rows 4a/4c)",
     )]

@@ -100,7 +100,7 @@ def run(quick: bool = False) -> List[Row]:
             f"{med['handwritten']:,.0f} req/s, {wrong['handwritten']} wrong",
             f"{med['postfork-guard-off']:,.0f} req/s, {wrong['postfork-guard-off']} wrong", r_off,
             "≥ 0.98×", r_off >= 0.98 and wrong["postfork-guard-off"] == 0, COMMAND,
-            "the same servers and rounds as 4a; the difference between 4a and 4c is the guard, "
-            "whose tracking of `socket.socket` runs on every `accept()` (row 6c)",
+            "the same servers and rounds as 4a: the difference between 4a and 4c is the guard's "
+            "cost per request (its wrapper of `socket.socket`, built by every `accept()`: row 6c)",
             {"paired_ratios": pairs_off}),
     ]
