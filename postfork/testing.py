@@ -21,6 +21,7 @@ To assert that an application is fork-safe in a test suite::
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import select
@@ -97,8 +98,13 @@ class Child:
 
 
 def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: bool = False,
-               **kwargs: Any) -> Child:
+               hooks: bool = True, **kwargs: Any) -> Child:
     """Fork now; the child runs ``func(*args, **kwargs)`` and exits. Returns at once.
+
+    ``hooks=False`` forks the way uWSGI does without ``--py-call-osafterfork``: no
+    ``os.register_at_fork`` hook runs in the child (neither postfork's nor PyMongo's), so only
+    what the child calls itself (``reset=True``: ``reset_all()``, as the uWSGI integration
+    does) resets anything.
 
     ``check``: after the resets and before ``func``, the child looks for what the guard names
     (:func:`postfork.check`); :meth:`Child.result` raises :class:`FindingsError` if it found
@@ -110,7 +116,7 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: 
 
         _guard._take_snapshot(force=True)  # the guard's before-fork hook, even with it off
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = os.fork() if hooks else _fork_without_hooks()
     if pid == 0:  # child
         code = 0
         try:
@@ -141,17 +147,32 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: 
         finally:
             os._exit(code)
     os.close(write_fd)
+    if pid < 0:
+        os.close(read_fd)
+        raise OSError(ctypes.get_errno(), "fork() failed")
     return Child(pid, read_fd, check)
 
 
+def _fork_without_hooks() -> int:
+    """libc's fork(): no PyOS_AfterFork_Child, hence no at-fork hook in the child."""
+    # PyDLL, not CDLL: the GIL stays held across the call, as in os.fork() (a child forked while
+    # another thread held it could never take it back). Give the GIL away and take it
+    # back first: a thread that had been waiting for it then needs 5 ms before it may ask for a
+    # forced switch, and a child forked with such a request pending (from a thread that does
+    # not exist in the child) would wait for that switch forever, since nothing clears it there.
+    time.sleep(0.001)
+    return int(ctypes.PyDLL(None, use_errno=True).fork())
+
+
 def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 60.0, reset: bool = True,
-                 check: bool = False, **kwargs: Any) -> T:
+                 check: bool = False, hooks: bool = True, **kwargs: Any) -> T:
     """Fork, run ``func(*args, **kwargs)`` in the child after the resets, return its result.
 
     Raises :class:`ChildError` with the child's traceback if it raised, died or timed out, and
     with ``check=True`` :class:`FindingsError` if the child inherited anything unmanaged.
     """
-    return fork_child(func, *args, reset=reset, check=check, **kwargs).result(timeout)  # type: ignore[no-any-return]
+    return fork_child(func, *args, reset=reset, check=check, hooks=hooks,
+                      **kwargs).result(timeout)  # type: ignore[no-any-return]
 
 
 def assert_fork_safe(timeout: float = 60.0) -> None:

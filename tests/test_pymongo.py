@@ -15,15 +15,11 @@ test adds to the ping command.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import pickle
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import traceback
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
@@ -31,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 import postfork
-from postfork.testing import Child, ChildError, run_in_child
+from postfork.testing import Child, ChildError, fork_child, run_in_child
 
 pymongo = pytest.importorskip("pymongo")
 
@@ -40,41 +36,10 @@ FORK_WARNING = "MongoClient opened before fork"
 
 # -- a fork like uWSGI's -----------------------------------------------------------------------
 
-# PyDLL, not CDLL: ctypes keeps the GIL held across the call, as os.fork() does. (CDLL releases
-# it, and a child forked while another thread held the GIL could never take it back.)
-_libc = ctypes.PyDLL(None, use_errno=True)
-
-
 def fork_without_hooks(func: Callable[..., Any], *args: Any) -> Child:
-    """Fork with libc's fork(): no ``PyOS_AfterFork_Child``, hence no at-fork hook runs in the
-    child (neither PyMongo's nor postfork's), as under uWSGI. The child runs ``func(*args)``
-    and leaves with ``os._exit``; collect the outcome with ``.result(timeout)``."""
-    read_fd, write_fd = os.pipe()
-    # Give the GIL away and take it back right before forking: a thread that had been waiting
-    # for it then needs 5 ms before it may ask for a forced switch, and a child forked with
-    # such a request pending (by a thread that does not exist in the child) would wait for
-    # that switch forever. With no PyOS_AfterFork_Child nothing in the child clears it.
-    time.sleep(0.001)
-    pid = _libc.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(read_fd)
-            try:
-                out: Any = (True, func(*args))
-            except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
-                out = (False, f"{type(exc).__name__}: {exc}\n\n" + traceback.format_exc())
-                code = 1
-            view = memoryview(pickle.dumps(out))
-            while view:
-                view = view[os.write(write_fd, view) :]
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    if pid < 0:
-        os.close(read_fd)
-        raise OSError(ctypes.get_errno(), "fork() failed")
-    return Child(pid, read_fd)
+    """Fork with libc's fork(): no at-fork hook runs in the child (neither PyMongo's nor
+    postfork's), as under uWSGI; the child calls what it needs itself."""
+    return fork_child(func, *args, reset=False, hooks=False)
 
 
 # -- MockupDB, seen from the server ------------------------------------------------------------
