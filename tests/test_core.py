@@ -356,3 +356,13 @@ def test_multiprocessing_fork_context_child_is_reset() -> None:
     assert proc.exitcode == 0
     assert resets == [pid]
     assert _MP_CLIENT.resets == []
+
+
+def test_hookless_fork_resets_only_when_the_integration_calls_reset_all() -> None:
+    """What uWSGI does without --py-call-osafterfork: no at-fork hook; the integration's
+    reset_all() call is the one that resets (once)."""
+    c = postfork.register(Client(), record)
+    assert run_in_child(lambda: c.resets, reset=False, hooks=False) == []
+    resets = run_in_child(lambda: (c.resets, postfork.reset_all().entries and c.resets)[1],
+                          reset=True, hooks=False)
+    assert len(resets) == 1 and resets[0] != os.getpid()
