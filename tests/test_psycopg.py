@@ -6,13 +6,13 @@ Each process's connection is identified from the server's side (``pg_backend_pid
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import Any, Iterator, Set, Tuple
 
 import pytest
 
 import postfork
+from _locks import held_by_a_parent_thread
 from postfork.testing import ChildError, fork_child, run_in_child
 
 psycopg = pytest.importorskip("psycopg")
@@ -147,35 +147,24 @@ def test_pool_lock_held_by_a_parent_thread_at_fork(postgres_dsn: str, app: str) 
     unmanaged = make_pool(postgres_dsn, app + "-unmanaged", min_size=1)
     with registered.connection() as conn:
         parent_backend = backend_pid(conn)
-    held, release = threading.Event(), threading.Event()
 
-    def hold_locks() -> None:
-        with registered._lock, unmanaged._lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_locks)
-    holder.start()
-    try:
-        assert held.wait(10)
-
-        def child() -> Tuple[float, bool, int, int]:
+    def child() -> Tuple[float, bool, int, int]:
             report = postfork.reset_all()  # the at-fork hook's run, which faced the held lock
             with registered.connection(timeout=10) as conn:
                 one = conn.execute("SELECT 1").fetchone()[0]
                 pid = backend_pid(conn)
             return report.seconds, report.ok, one, pid
 
-        seconds, ok, one, pid = run_in_child(child, timeout=20)
-        assert ok and seconds < 2.0
-        assert one == 1 and pid != parent_backend
+    try:
+        with held_by_a_parent_thread(registered._lock, unmanaged._lock):
+            seconds, ok, one, pid = run_in_child(child, timeout=20)
+            assert ok and seconds < 2.0
+            assert one == 1 and pid != parent_backend
 
-        # Without the reset the child's first getconn() waits forever on the parent's lock.
-        with pytest.raises(ChildError, match="did not finish"):
-            run_in_child(lambda: unmanaged.getconn(timeout=1), timeout=2)
+            # Without the reset the child's first getconn() waits forever on the parent's lock.
+            with pytest.raises(ChildError, match="did not finish"):
+                run_in_child(lambda: unmanaged.getconn(timeout=1), timeout=2)
     finally:
-        release.set()
-        holder.join(10)
         registered.close()
         unmanaged.close()
 

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Tuple
 import pytest
 
 import postfork
+from _locks import held_by_a_parent_thread
 from postfork.testing import run_in_child
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -158,28 +159,17 @@ def test_registered_pool_reconnects_in_the_child(postgres_dsn: str, kind: str) -
 
 def test_threaded_pool_lock_held_by_a_parent_thread_at_fork(postgres_dsn: str) -> None:
     pool = postfork.register(pg_pool.ThreadedConnectionPool(1, 2, postgres_dsn))
-    held, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with pool._lock:
-            held.set()
-            release.wait(30)
+    def child() -> Tuple[bool, float, int]:
+        report = postfork.reset_all()
+        conn = pool.getconn()
+        return report.ok, report.seconds, backend_pid(conn)
 
-    holder = threading.Thread(target=hold)
-    holder.start()
     try:
-        assert held.wait(10)
-
-        def child() -> Tuple[bool, float, int]:
-            report = postfork.reset_all()
-            conn = pool.getconn()
-            return report.ok, report.seconds, backend_pid(conn)
-
-        ok, seconds, pid = run_in_child(child, timeout=20)
+        with held_by_a_parent_thread(pool._lock):
+            ok, seconds, pid = run_in_child(child, timeout=20)
         assert ok and seconds < 2.0 and pid > 0
     finally:
-        release.set()
-        holder.join(10)
         pool.closeall()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 from collections import defaultdict
@@ -27,6 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 import postfork
+from _locks import held_by_a_parent_thread
 from postfork.testing import Child, ChildError, fork_child, run_in_child
 
 pymongo = pytest.importorskip("pymongo")
@@ -192,25 +192,6 @@ def _lock(client: Any, which: str) -> Any:
     return server.pool.lock  # Pool._get_conn() takes it (its pid check resets the pool)
 
 
-class HeldLock:
-    """A parent thread holding ``lock`` until :meth:`release`."""
-
-    def __init__(self, lock: Any) -> None:
-        self._held, self._go = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._hold, args=(lock,), daemon=True)
-        self._thread.start()
-        assert self._held.wait(10)
-
-    def _hold(self, lock: Any) -> None:
-        with lock:
-            self._held.set()
-            self._go.wait(60)
-
-    def release(self) -> None:
-        self._go.set()
-        self._thread.join(10)
-
-
 @pytest.mark.parametrize("which", ["topology", "pool"])
 def test_lock_held_at_fork_does_not_block_the_child(
     mongo: Tuple[Any, Seen], client: Any, which: str
@@ -218,11 +199,8 @@ def test_lock_held_at_fork_does_not_block_the_child(
     _, seen = mongo
     ping(client, "parent")
     postfork.register(client)
-    held = HeldLock(_lock(client, which))
-    try:
+    with held_by_a_parent_thread(_lock(client, which)):
         result = fork_without_hooks(reset_and_ping, client, "child").result(30)
-    finally:
-        held.release()
     assert result["ok"], result
     assert result["seconds"] < 2.0  # the issue's liveness bound; it takes milliseconds
     assert seen.ports("child") and seen.ports("child").isdisjoint(seen.ports("parent"))
@@ -236,13 +214,10 @@ def test_hazard_lock_held_at_fork_blocks_an_unmanaged_child(
 ) -> None:
     _, seen = mongo
     ping(client, "parent")
-    held = HeldLock(_lock(client, which))
-    try:
+    with held_by_a_parent_thread(_lock(client, which)):
         child = fork_without_hooks(ping, client, "child")
         with pytest.raises(ChildError, match="did not finish"):
             child.result(2)  # a ping takes milliseconds; the child waits for the lock forever
-    finally:
-        held.release()
     assert not seen.pings["child"]
 
 

@@ -15,7 +15,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Tuple
@@ -29,6 +28,7 @@ from redis.cluster import RedisCluster  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
 import postfork  # noqa: E402
+from _locks import held_by_a_parent_thread  # noqa: E402
 from postfork.testing import ChildError, fork_child, run_in_child  # noqa: E402
 
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
@@ -112,21 +112,6 @@ def read_lines(fd: int, n: int, timeout: float = 30.0) -> List[str]:
         assert ready, f"only {buf.count(NL)} of {n} children reported"
         buf += os.read(fd, 4096)
     return buf.decode().split("\n")[:n]
-
-
-def holding(lock: Any) -> Tuple[threading.Thread, threading.Event]:
-    """A parent thread that takes ``lock`` and keeps it until the returned event is set."""
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            done.wait(30)
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert held.wait(5)
-    return thread, done
 
 
 # -- 1. single_connection_client: crossed replies -------------------------------------------------
@@ -364,17 +349,13 @@ def test_lock_held_at_fork_registered(redis_url: str, redis_key: str, managed: C
     client, lock = _locked_client(redis_url, kind)
     managed(client)
     client.set(redis_key, "v", ex=60)
-    thread, done = holding(lock)
 
     def child() -> Tuple[float, bool, bool, bytes, int]:
         report = postfork.reset_all()  # the at-fork hook's report
         return report.seconds, report.ok, client.ping(), client.get(redis_key), client.client_id()
 
-    try:
+    with held_by_a_parent_thread(lock):
         seconds, ok, pong, value, child_id = run_in_child(child, timeout=20)
-    finally:
-        done.set()
-        thread.join(5)
     assert ok and seconds < 2.0, seconds
     assert pong is True and value == b"v"
     assert child_id != client.client_id()
@@ -385,7 +366,6 @@ def test_lock_held_at_fork_unmanaged_blocks_the_child(redis_url: str) -> None:
     """Without postfork each child hangs on the lock (bounded here: killed after 2 s), or, for
     ``_fork_lock``, redis-py gives up after 5 s with ChildDeadlockedError. All run at once."""
     setups = [_locked_client(redis_url, kind) for kind in LOCK_CASES]
-    holders = [holding(lock) for _, lock in setups]
 
     def child(client: "redis.Redis") -> str:
         try:
@@ -395,20 +375,18 @@ def test_lock_held_at_fork_unmanaged_blocks_the_child(redis_url: str) -> None:
         return "pong"
 
     try:
-        kids = [fork_child(child, client) for client, _ in setups]
-        started = time.monotonic()
-        outcomes: Dict[str, str] = {}
-        for kind, kid in zip(LOCK_CASES, kids):  # all wait at once: one deadline each
-            deadline = started + (8 if kind == "pool._fork_lock" else 2)
-            try:
-                outcomes[kind] = kid.result(max(deadline - time.monotonic(), 0.01))
-            except ChildError as exc:
-                assert "did not finish" in str(exc), exc
-                outcomes[kind] = "hung"
+        with held_by_a_parent_thread(*(lock for _, lock in setups)):
+            kids = [fork_child(child, client) for client, _ in setups]
+            started = time.monotonic()
+            outcomes: Dict[str, str] = {}
+            for kind, kid in zip(LOCK_CASES, kids):  # all wait at once: one deadline each
+                deadline = started + (8 if kind == "pool._fork_lock" else 2)
+                try:
+                    outcomes[kind] = kid.result(max(deadline - time.monotonic(), 0.01))
+                except ChildError as exc:
+                    assert "did not finish" in str(exc), exc
+                    outcomes[kind] = "hung"
     finally:
-        for thread, done in holders:
-            done.set()
-            thread.join(5)
         for client, _ in setups:
             client.close()
     assert outcomes == {"pool._lock": "hung", "pool._fork_lock": "ChildDeadlockedError",
@@ -691,13 +669,9 @@ def test_cluster_registered_child_gets_own_node_connections(
     parent_inode = os.fstat(parent_sock.fileno()).st_ino
     # A parent thread inside the nodes manager at fork: without the reset, the child's first
     # command would wait for this lock forever.
-    thread, done = holding(cluster.nodes_manager._lock)
-    try:
+    with held_by_a_parent_thread(cluster.nodes_manager._lock):
         child_id, value, inherited_open = fork_child(
             _cluster_child, cluster, key, parent_inode, reset=explicit_reset).result(20)
-    finally:
-        done.set()
-        thread.join(5)
     assert value == b"v" and child_id != parent_id and not inherited_open
     assert _node_client_id(cluster, key) == parent_id and cluster.get(key) == b"v"
     cluster.close()
@@ -707,13 +681,11 @@ def test_cluster_unmanaged_lock_held_at_fork_blocks_the_child(cluster_url: str) 
     cluster = RedisCluster.from_url(cluster_url, socket_timeout=5)
     key = f"postfork-test:{uuid.uuid4().hex}"
     cluster.set(key, "v")
-    thread, done = holding(cluster.nodes_manager._lock)
     try:
-        with pytest.raises(ChildError, match="did not finish"):
-            run_in_child(_cluster_child, cluster, key, timeout=2)
+        with held_by_a_parent_thread(cluster.nodes_manager._lock):
+            with pytest.raises(ChildError, match="did not finish"):
+                run_in_child(_cluster_child, cluster, key, timeout=2)
     finally:
-        done.set()
-        thread.join(5)
         cluster.close()
 
 
