@@ -131,3 +131,13 @@ def identities(responses: Sequence[Dict[str, Any]], client: str) -> Dict[int, Se
     for r in responses:
         seen.setdefault(r["pid"], set()).add(r["clients"][client]["id"])
     return seen
+
+
+def fresh_interpreter(script: str) -> Any:
+    """Run ``script`` in a new interpreter with no POSTFORK_GUARD/POSTFORK_STRICT set, require a
+    clean exit with nothing on stderr, and return the one JSON document it printed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("POSTFORK_GUARD", "POSTFORK_STRICT")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    return json.loads(out.stdout)  # and nothing else on stdout

@@ -7,12 +7,8 @@ connection as the Redis server sees it; the main process recorded its own at imp
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -21,7 +17,7 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from _servers import BIN, EXAMPLES, Server
+from _servers import BIN, EXAMPLES, Server, fresh_interpreter
 
 TESTS = Path(__file__).resolve().parent
 SUMMARY = re.compile(r"INFO/ForkPoolWorker-\d+\] postfork: reset \d+ clients? in [\d.]+ ms "
@@ -140,11 +136,7 @@ def test_import_without_a_worker_only_connects_the_receivers() -> None:
         "                  'shutdown': live(signals.worker_process_shutdown),\n"
         "                  'weak': weak, 'resets': calls, 'guard': _guard.mode()}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTFORK_GUARD", "POSTFORK_STRICT")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=30, env=env)
-    assert out.returncode == 0 and out.stderr == "", out.stderr
-    result = json.loads(out.stdout)  # and nothing else on stdout
+    result = fresh_interpreter(script)
     assert result == {"init": ["on_worker_process_init"], "shutdown": ["on_worker_process_shutdown"],
                       "weak": [],  # held strongly (weak=False): a gc cannot drop them
                       "resets": [], "guard": "warn"}  # the guard's warn mode is the one effect

@@ -7,19 +7,15 @@ with it each worker resets exactly once whichever way uWSGI was started.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import pytest
 
-from _servers import BIN, Server, free_port, identities, wrong_answers
+from _servers import BIN, Server, free_port, fresh_interpreter, identities, wrong_answers
 
 TESTS = Path(__file__).resolve().parent
 SUMMARY = re.compile(r"^postfork: reset (\d+) clients? in [\d.]+ ms \(pid (\d+)\), (\d+) failed", re.M)
@@ -176,10 +172,6 @@ def test_import_outside_uwsgi_is_a_silent_no_op() -> None:
         "                  'installed': m.installed,\n"
         "                  'uwsgidecorators': 'uwsgidecorators' in sys.modules}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTFORK_GUARD", "POSTFORK_STRICT")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=30, env=env)
-    assert out.returncode == 0 and out.stderr == "", out.stderr
-    result = json.loads(out.stdout)  # and nothing else on stdout
+    result = fresh_interpreter(script)
     assert result == {"guard": [["off", None], ["off", None]], "resets": [], "installed": False,
                       "uwsgidecorators": False}
