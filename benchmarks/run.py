@@ -14,6 +14,7 @@ machine is shared and noisy, so absolute figures move between runs and ratios mu
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -29,33 +30,14 @@ from _table import Row, as_json, markdown, progress, write_readme  # noqa: E402
 ROWS = ("hotpath", "reset", "boot", "throughput", "import", "guard")
 
 
+# row -> the module that measures it (each has run(quick) -> rows)
+_MODULES = {"hotpath": "hotpath", "reset": "reset_cost", "boot": "boot",
+            "throughput": "throughput", "import": "import_memory", "guard": "guard_row"}
+
+
 def _runner(name: str) -> Callable[[bool], List[Row]]:
     # Imported on demand so that one row's missing dependency does not stop the others.
-    if name == "hotpath":
-        import hotpath
-
-        return hotpath.run
-    if name == "reset":
-        import reset_cost
-
-        return reset_cost.run
-    if name == "boot":
-        import boot
-
-        return boot.run
-    if name == "throughput":
-        import throughput
-
-        return throughput.run
-    if name == "import":
-        import import_memory
-
-        return import_memory.run
-    if name == "guard":
-        import guard_row
-
-        return guard_row.run
-    raise ValueError(name)
+    return importlib.import_module(_MODULES[name]).run  # type: ignore[no-any-return]
 
 
 def _meta(started: float, quick: bool) -> Dict[str, Any]:
