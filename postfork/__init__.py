@@ -8,12 +8,13 @@ the server integrations in ``postfork.integrations`` run it again where a server
 
 from __future__ import annotations
 
-from ._adapters import adapter
-from ._errors import ForkSafetyError, ForkSafetyWarning, ResetError
-from ._guard import Finding, check, guard
+from ._contract import Adapter
+from ._errors import ConfigError, ForkSafetyError, ForkSafetyWarning, ResetError, RetiredError
+from ._guard import check, guard
 from ._local import Local, local
+from ._lookup import adapter
 from ._registry import after_fork, close_all, register, registered, reset_all, unregister
-from ._report import Entry, Report
+from ._report import Entry, Finding, Report
 
 __all__ = [
     "register",
@@ -27,7 +28,10 @@ __all__ = [
     "Report",
     "Entry",
     "ResetError",
+    "RetiredError",
+    "ConfigError",
     "adapter",
+    "Adapter",
     "guard",
     "check",
     "Finding",

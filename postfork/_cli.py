@@ -19,6 +19,9 @@ import traceback
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
+from . import _settings
+from ._families import FAMILIES
+
 __all__ = ["main"]
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_BAD_TARGET = 0, 1, 2
@@ -73,10 +76,15 @@ def _progress_done() -> None:
 
 
 def _doctor(target: str, *, as_json: bool, timeout: float) -> int:
-    from . import _guard
+    from . import ConfigError, _guard
 
-    if _guard.mode() == "off":
-        _guard.guard("warn")
+    try:
+        if _guard.mode() == "off":
+            _guard.guard("warn")
+        _settings.strict()
+    except ConfigError as exc:
+        print(f"postfork doctor: {exc}", file=sys.stderr)
+        return EXIT_BAD_TARGET
     _progress(f"importing {target}…")
     try:
         _import_target(target)
@@ -140,23 +148,23 @@ def _short(path: str) -> str:
 
 def _master_inventory() -> Dict[str, Any]:
     """What the master holds: tracked clients (managed or not), registered entries, threads."""
-    from . import _guard, _threads
+    from ._guard import _inventory as inv
     from ._registry import REGISTRY
 
-    ids = _guard._managed_ids()
-    clients = [{"type": _guard._type_name(obj), "created_at": origin.site, "managed": managed,
+    ids = inv.managed_ids()
+    clients = [{"type": inv.type_name(obj), "created_at": origin.site, "managed": managed,
                 "pid": origin.pid}
-               for obj, origin, managed in _guard.client_roots(ids)]
-    registered = [entry.name for entry in list(REGISTRY._entries.values()) if entry.ref() is not None]
+               for obj, origin, managed in inv.client_roots(ids)]
+    registered = REGISTRY.names()
     threads = []
-    for thread in _threads.alive_threads():
+    for thread in inv.alive_threads():
         origin = thread.origin
         owner = origin.owner() if origin is not None and origin.owner is not None else None
         threads.append({
             "name": thread.name,
             "started_at": origin.site if origin is not None else None,
-            "owner": _guard._type_name(owner) if owner is not None else None,
-            "managed": bool(origin is not None and (origin.server or _guard._is_managed(origin.owner, ids))),
+            "owner": inv.type_name(owner) if owner is not None else None,
+            "managed": bool(origin is not None and (origin.server or inv.is_managed(origin.owner, ids))),
         })
     return {"clients": clients, "registered": registered, "threads": threads}
 
@@ -164,7 +172,9 @@ def _master_inventory() -> Dict[str, Any]:
 def _probe(target: str, timeout: float) -> Dict[str, Any]:
     import logging
 
-    from . import ForkSafetyError, ResetError, _fds, _guard
+    from . import ForkSafetyError, ResetError
+    from ._guard import _fds
+    from ._guard import _inventory as inv
     from .testing import ChildError, fork_child
 
     master = _master_inventory()
@@ -178,8 +188,8 @@ def _probe(target: str, timeout: float) -> Dict[str, Any]:
         except (ResetError, ForkSafetyError) as exc:  # strict or raise mode: the report is there
             report = exc.report
         after = _fds.socket_inodes() or {}
-        holders = _guard.socket_origins(os.getpid())
-        managed = _guard._managed_ids()
+        holders = inv.socket_origins(os.getpid())
+        managed = inv.managed_ids()
         sockets = []
         for fd, info in sorted(before.items()):
             holder = holders.get(fd)
@@ -188,12 +198,13 @@ def _probe(target: str, timeout: float) -> Dict[str, Any]:
             sockets.append({"fd": fd, "peer": info.peer, "family": info.family,
                             "open_after_resets": still_open,
                             # a local's inherited instance keeps its connection, unused
-                            "kept_by_managed_client": still_open and _guard._is_managed(holder, managed),
+                            "kept_by_managed_client": still_open and inv.is_managed(holder, managed),
                             "created_at": holder.site if holder is not None else None,
-                            "client": _guard._type_name(root) if root is not None else None})
+                            "client": inv.type_name(root) if root is not None else None})
         return {
             "pid": os.getpid(),
-            "resets": [{"name": e.name, "ok": e.ok, "ms": round(e.seconds * 1e3, 3),
+            "resets": [{"name": e.name, "ok": e.ok, "retired": e.retired,
+                        "ms": round(e.seconds * 1e3, 3),
                         "error": None if e.ok else f"{type(e.error).__name__}: {e.error}"}
                        for e in report.entries],
             "findings": [f.as_dict() for f in report.findings],
@@ -214,7 +225,8 @@ def _probe(target: str, timeout: float) -> Dict[str, Any]:
     finally:
         logger.disabled = was_disabled
     failed = [r for r in child_result["resets"] if not r["ok"]]
-    ok = error is None and not failed and not child_result["findings"]
+    retired = [r for r in child_result["resets"] if r["ok"] and r.get("retired")]
+    ok = error is None and not failed and not retired and not child_result["findings"]
     return {
         "target": target,
         "master_pid": os.getpid(),
@@ -273,6 +285,12 @@ def _table(rows: List[List[str]], styles: Optional[List[Any]] = None) -> List[st
     return out
 
 
+def _reset_state(reset: Dict[str, Any]) -> str:
+    if not reset["ok"]:
+        return "FAILED"
+    return "RETIRED" if reset.get("retired") else "ok"
+
+
 def _socket_state(sock: Dict[str, Any]) -> str:
     if not sock["open_after_resets"]:
         return "closed"
@@ -293,14 +311,18 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
                 for c in result["clients"]]
         lines += _table(rows, [s.green if c["managed"] else s.red for c in result["clients"]])
     else:
-        lines.append(s.dim("  none of a known family (redis, pymongo, sqlalchemy, psycopg, psycopg2)"))
+        known = ", ".join(f.name for f in FAMILIES if f.name not in ("socket", "files"))
+        lines.append(s.dim(f"  none of a known family ({known})"))
     lines.append("")
 
     lines.append(s.bold(f"Resets in the probe worker (pid {result['child_pid']})"))
     if result["resets"]:
-        rows = [["ok" if r["ok"] else "FAILED", r["name"], f"{r['ms']:.2f} ms" if r["ok"] else r["error"]]
+        rows = [[_reset_state(r), r["name"],
+                 r["error"] if not r["ok"] else
+                 "unusable in workers: using it raises RetiredError; use postfork.local"
+                 if r.get("retired") else f"{r['ms']:.2f} ms"]
                 for r in result["resets"]]
-        lines += _table(rows, [s.green if r["ok"] else s.red for r in result["resets"]])
+        lines += _table(rows, [s.green if _reset_state(r) == "ok" else s.red for r in result["resets"]])
     else:
         lines.append(s.dim("  nothing registered"))
     if result["probe_error"]:
@@ -338,8 +360,12 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
         lines.append("")
 
     failed = sum(1 for r in result["resets"] if not r["ok"])
+    retired = sum(1 for r in result["resets"] if r["ok"] and r.get("retired"))
     summary = (f"{len(findings)} finding{'' if len(findings) == 1 else 's'}, "
                f"{failed} failed reset{'' if failed == 1 else 's'}")
+    if retired:
+        summary += (f", {retired} client{'' if retired == 1 else 's'} retired in every worker "
+                    f"(build {'it' if retired == 1 else 'them'} per process with postfork.local)")
     if result["ok"]:
         lines.append(s.green(s.bold("✓ fork-safe")) + f": {summary}; every worker starts with its own clients.")
     else:

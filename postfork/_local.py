@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
-from ._registry import REGISTRY, _close_default
+from ._contract import Adapter, close_default
+from ._locks import fresh
+from ._registry import REGISTRY
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Generic, List, Optional, TypeVar
+    from typing import Any, Callable, Generic, Iterable, List, Optional, TypeVar
 
     T = TypeVar("T")
 
@@ -58,7 +60,7 @@ class Local(_Generic[T]):
         object.__setattr__(self, "_name", name or f"local({getattr(factory, '__qualname__', factory)!s})")
         object.__setattr__(self, "_instance", _UNBUILT)
         object.__setattr__(self, "_lock", threading.Lock())
-        REGISTRY.add(self, Local._invalidate, self._name)
+        REGISTRY.add(self, _ADAPTER, self._name)
 
     def __call__(self) -> T:
         instance = self._instance
@@ -83,7 +85,7 @@ class Local(_Generic[T]):
 
     def _invalidate(self) -> None:
         # In the child: a parent thread may hold the build lock at fork; it is never released.
-        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_lock", fresh(self._lock))
         if self._instance is not _UNBUILT:
             _inherited.append(self._instance)
             object.__setattr__(self, "_instance", _UNBUILT)
@@ -92,9 +94,16 @@ class Local(_Generic[T]):
         instance = self._instance
         if instance is not _UNBUILT:
             object.__setattr__(self, "_instance", _UNBUILT)
-            _close_default(instance)
+            close_default(instance)
 
-    _invalidate.close = _close  # type: ignore[attr-defined]
+    def _managed(self) -> Iterable[Any]:
+        """What this local's reset covers, for the guard: the instance this process built
+        (if any) and every instance inherited from a parent. Never builds one."""
+        instance = self._instance
+        managed = list(_inherited)
+        if instance is not _UNBUILT:
+            managed.append(instance)
+        return managed
 
     @property
     def built(self) -> bool:
@@ -110,6 +119,9 @@ class Local(_Generic[T]):
     def __repr__(self) -> str:
         state = "built" if self._instance is not _UNBUILT else "not built in this process"
         return f"<postfork.local {self._name}: {state}>"
+
+
+_ADAPTER = Adapter(Local._invalidate, close=Local._close, manages=Local._managed)
 
 
 def local(factory: Callable[[], T], *, name: Optional[str] = None) -> Local[T]:

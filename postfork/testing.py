@@ -112,9 +112,9 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: 
     sockets are checked either way.
     """
     if check:
-        from . import _guard
+        from ._guard import _inventory
 
-        _guard._take_snapshot(force=True)  # the guard's before-fork hook, even with it off
+        _inventory.take_snapshot()  # the guard's before-fork hook, even with it off
     read_fd, write_fd = os.pipe()
     pid = os.fork() if hooks else _fork_without_hooks()
     if pid == 0:  # child
@@ -171,8 +171,9 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 60.0, rese
     Raises :class:`ChildError` with the child's traceback if it raised, died or timed out, and
     with ``check=True`` :class:`FindingsError` if the child inherited anything unmanaged.
     """
-    return fork_child(func, *args, reset=reset, check=check, hooks=hooks,
-                      **kwargs).result(timeout)  # type: ignore[no-any-return]
+    value: T = fork_child(func, *args, reset=reset, check=check, hooks=hooks,
+                          **kwargs).result(timeout)
+    return value
 
 
 def assert_fork_safe(timeout: float = 60.0) -> None:

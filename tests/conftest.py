@@ -85,13 +85,19 @@ def redis_key() -> str:
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    """The test starts and ends with the registry it found (other modules' objects stay)."""
+    """The test starts and ends with the registry it found: its entries, its last report,
+    its observers and the adapters users added (other modules' objects stay)."""
+    from postfork import _lookup
     from postfork._registry import REGISTRY
 
-    before = dict(REGISTRY._entries)
+    before = REGISTRY.state()
+    observers = list(REGISTRY.observers)
+    adapters = dict(_lookup._user)
     yield
-    REGISTRY._entries.clear()
-    REGISTRY._entries.update(before)
+    REGISTRY.restore(before)
+    REGISTRY.observers[:] = observers
+    _lookup._user.clear()
+    _lookup._user.update(adapters)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any, List
 import pytest
 
 import postfork
-from postfork import _adapters
+from postfork import _lookup as _adapters
 from postfork._registry import REGISTRY
 from postfork.testing import ChildError, fork_child, run_in_child
 
@@ -72,10 +72,10 @@ def test_resets_run_in_registration_order_once_per_child() -> None:
 def test_weakly_held_object_leaves_the_registry_when_collected() -> None:
     c = Client()
     postfork.register(c, record)
-    n = len(REGISTRY._entries)
+    n = len(REGISTRY.live())
     del c
     gc.collect()
-    assert len(REGISTRY._entries) == n - 1
+    assert len(REGISTRY.live()) == n - 1
 
 
 def test_object_without_weakref_support_is_held_strongly() -> None:
@@ -252,12 +252,12 @@ def test_strict_mode_surfaces_through_run_in_child(monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_bad_input_names_the_fix_and_changes_nothing(call: Any, fix: str) -> None:
-    before = list(REGISTRY._entries.items())
+    before = list(REGISTRY.state()[0].items())
     adapters_before = dict(_adapters._user)
     with pytest.raises(TypeError) as info:
         call()
     assert fix in str(info.value)
-    assert list(REGISTRY._entries.items()) == before
+    assert list(REGISTRY.state()[0].items()) == before
     assert _adapters._user == adapters_before
 
 

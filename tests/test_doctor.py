@@ -125,3 +125,25 @@ def test_console_script_help_and_version() -> None:
     assert version.returncode == 0 and re.fullmatch(r"postfork \d+\.\d+\.\d+\S*\n", version.stdout)
     helped = subprocess.run([SCRIPT, "doctor", "--help"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 0 and "MODULE[:ATTR]" in helped.stdout and "--json" in helped.stdout
+
+
+def test_retired_client_is_not_fork_safe(postgres_dsn: str) -> None:
+    # Regression: a registered bare psycopg.Connection is dead in every worker, yet the doctor
+    # printed "✓ fork-safe" and the log "0 failed".
+    done = doctor("retired_app", POSTGRES_DSN=postgres_dsn)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"RETIRED\s+psycopg\.Connection\s+unusable in workers", done.stdout), done.stdout
+    assert "✗ not fork-safe" in done.stdout
+    assert "1 client retired in every worker (build it per process with postfork.local)" in done.stdout
+    report = json.loads(doctor("retired_app", "--json", POSTGRES_DSN=postgres_dsn).stdout)
+    assert [r["retired"] for r in report["resets"]] == [True] and report["ok"] is False
+
+
+@pytest.mark.parametrize("variable, value", [("POSTFORK_GUARD", "loud"), ("POSTFORK_STRICT", "maybe")])
+def test_bad_environment_exits_2_with_one_line(variable: str, value: str) -> None:
+    done = doctor("clean_app", **{variable: value})
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"postfork doctor: the environment variable {variable} takes"), done.stderr
+    assert repr(value) in lines[0] and done.stdout == ""

@@ -5,6 +5,8 @@ MockupDB, real forks."""
 from __future__ import annotations
 
 import gc
+import inspect
+import json
 import os
 import socket
 import subprocess
@@ -236,9 +238,39 @@ def test_only_construction_is_wrapped(redis_url: str) -> None:
     import redis.asyncio
 
     for cls in (redis.Redis, redis.ConnectionPool, redis.client.PubSub, redis.asyncio.Redis):
-        wrapped = [name for name, value in vars(cls).items() if getattr(value, "__postfork_wrapped__", False)]
-        assert wrapped == ["__init__"], (cls, wrapped)
-    assert getattr(redis.Redis.__init__, "__wrapped__", None) is not None
+        wrapped = [name for name, value in vars(cls).items()
+                   if getattr(getattr(value, "__func__", value), "__postfork_wrapped__", False)]
+        assert wrapped == ["__new__"], (cls, wrapped)
+
+
+_INVISIBLE = """
+    import inspect, json, sys
+    import redis, socket, sqlalchemy
+    from sqlalchemy.engine.base import Engine
+    classes = [redis.Redis, redis.ConnectionPool, Engine, socket.socket]
+    def seen():
+        return [[id(c.__dict__.get("__init__")), c.__init__.__code__.co_filename,
+                 c.__init__.__code__.co_varnames, str(inspect.signature(c)),
+                 str(inspect.signature(c.__init__))] for c in classes]
+    before = seen()
+    if sys.argv[1] != "none":
+        import postfork
+        postfork.guard(sys.argv[1])
+    # SQLAlchemy routes create_engine()'s keywords by reading Engine.__init__.__code__
+    engine = sqlalchemy.create_engine("sqlite://", echo=False, execution_options={}, logging_name="x",
+                                      query_cache_size=10, hide_parameters=True)
+    print(json.dumps({"same": seen() == before, "engine": type(engine).__name__}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["none", "off", "warn", "reset", "raise"])
+def test_tracking_is_invisible_to_the_library(mode: str) -> None:
+    # Regression: the guard replaced Engine.__init__ with a (*args, **kwargs) wrapper, and
+    # create_engine(url, echo=False) raised "Invalid argument(s) 'echo'".
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(_INVISIBLE), mode],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"same": True, "engine": "Engine"}
 
 
 def test_bad_mode_names_the_valid_ones() -> None:
@@ -270,9 +302,17 @@ def test_environment_variable_and_integration_default() -> None:
     assert _python(code, POSTFORK_GUARD="raise").stdout.split() == ["raise", "raise", "off"]
     assert _python(code, POSTFORK_GUARD="off").stdout.split() == ["off", "off", "off"]
     assert _python(code).stdout.split() == ["off", "warn", "off"]
-    bad = _python("import postfork", POSTFORK_GUARD="loud")
-    assert bad.returncode != 0
-    assert "POSTFORK_GUARD takes one of 'off', 'warn', 'reset', 'raise'; got 'loud'" in bad.stderr
+    # A typo is an error from the first call that registers anything (or asks the guard),
+    # never a silent "off"; importing postfork alone does not raise.
+    for line in ("postfork.local(dict)", "postfork.register(object(), reset=id)",
+                 "postfork.after_fork(print)", "postfork.check()"):
+        bad = _python(f"import postfork\n{line}", POSTFORK_GUARD="loud")
+        assert bad.returncode != 0
+        assert ("ConfigError: the environment variable POSTFORK_GUARD takes one of 'off', 'warn', "
+                "'reset', 'raise'; got 'loud'") in bad.stderr, bad.stderr
+    for line in ("postfork.local(dict)", "postfork.reset_all()"):
+        bad = _python(f"import postfork\n{line}", POSTFORK_STRICT="sometimes")
+        assert "ConfigError: the environment variable POSTFORK_STRICT takes 1" in bad.stderr, bad.stderr
 
 
 # -- postfork.testing: a child that runs the resets and asserts no findings ------------------

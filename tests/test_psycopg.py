@@ -6,6 +6,8 @@ Each process's connection is identified from the server's side (``pg_backend_pid
 
 from __future__ import annotations
 
+import logging
+
 import uuid
 from typing import Any, Iterator, Set, Tuple
 
@@ -63,23 +65,34 @@ def test_unmanaged_connection_closed_in_child_kills_the_parents_backend(postgres
         conn.close()
 
 
-def test_registered_connection_is_retired_in_the_child(postgres_dsn: str, observer: Any) -> None:
-    conn = postfork.register(psycopg.connect(postgres_dsn, autocommit=True))
+def test_registered_connection_is_retired_in_the_child(postgres_dsn: str, observer: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="postfork"):
+        conn = postfork.register(psycopg.connect(postgres_dsn, autocommit=True))
+    # register() says at once that the object can only be retired in workers, and what to use
+    told = [r.getMessage() for r in caplog.records if "cannot be reused" in r.getMessage()]
+    assert told and "postfork.local(lambda: psycopg.connect(dsn))" in told[0]
     try:
         parent_backend = backend_pid(conn)
 
-        def use_then_close() -> Tuple[str, bool]:
+        def use_then_close() -> Tuple[str, bool, bool, bool, str]:
+            report = postfork.reset_all()
             try:
                 conn.execute("SELECT 1")
-            except psycopg.OperationalError as exc:
+            except psycopg.OperationalError as exc:  # the application's own except still works
                 error = f"{type(exc).__name__}: {exc}"
+                retired_error = isinstance(exc, postfork.RetiredError)
             else:
-                error = "no error"
+                error, retired_error = "no error", False
             conn.close()  # harmless: libpq's Terminate goes into the dead socket
-            return error, conn.closed
+            entry = [e for e in report.entries if e.name == "psycopg.Connection"][0]
+            return error, retired_error, conn.closed, entry.retired, str(report)
 
-        error, closed = run_in_child(use_then_close)
-        assert error.startswith("OperationalError") and closed
+        error, retired_error, closed, marked, summary = run_in_child(use_then_close)
+        assert retired_error and closed and marked
+        assert error.startswith("RetiredError: postfork retired this psycopg.Connection in pid ")
+        assert "postfork.local(lambda: psycopg.connect(dsn))" in error
+        assert "1 retired (unusable in this process: psycopg.Connection; use postfork.local)" in summary
         run_in_child(conn.close)  # closing an unused retired connection: harmless too
 
         assert backend_pid(conn) == parent_backend

@@ -721,3 +721,26 @@ def test_reset_is_idempotent_in_one_process(redis_url: str, managed: Callable[[A
     assert run_in_child(child) == (True, True)
     client.close()
     pool_client.close()
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_reset_keeps_redis_rule_on_a_parent_connection_released_in_the_child(redis_url: str) -> None:
+    # redis-py's own rule (its tests/test_multiprocessing.py): a connection the parent checked
+    # out, released in a child, is ignored by the child's pool. Regression: the reset set
+    # conn.pid to the child's pid, so the child's pool took the parent's connection. (A
+    # BlockingConnectionPool raises queue.Full there, with or without postfork: redis-py's.)
+    pool = postfork.register(redis.ConnectionPool.from_url(redis_url))
+    parent_conn = pool.get_connection()
+    try:
+        def child() -> Tuple[bool, bool, int]:
+            pool.release(parent_conn)
+            again = pool.get_connection()  # the child's own, new connection
+            return (parent_conn.pid != os.getpid(), again is parent_conn,
+                    redis.Redis(connection_pool=pool).client_id())
+
+        foreign, reused, child_id = run_in_child(child)
+        assert foreign and not reused
+        assert child_id != redis.Redis(connection_pool=pool).client_id()
+    finally:
+        pool.release(parent_conn)
+        pool.disconnect()

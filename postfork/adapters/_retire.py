@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any, Iterable
 
-__all__ = ["retire_fd"]
+from .._errors import retired_error
+
+__all__ = ["retire_fd", "retire_methods"]
 
 
 def retire_fd(fd: int) -> None:
@@ -27,3 +30,23 @@ def retire_fd(fd: int) -> None:
         os.dup2(dead.fileno(), fd)
     finally:
         dead.close()
+
+
+def retire_methods(obj: Any, names: Iterable[str], calls: str, *library_errors: type) -> None:
+    """Make each method ``names`` of ``obj`` raise :class:`postfork.RetiredError` (also an
+    instance of each of ``library_errors``) in this process, by instance attributes that shadow
+    the class's methods. The class and every other instance are untouched; ``calls`` is what
+    the user writes to build one (``psycopg.connect(dsn)``), for the message."""
+    kind = f"{type(obj).__module__.split('.')[0]}.{type(obj).__qualname__}"
+    message = (
+        f"postfork retired this {kind} in pid {os.getpid()}: it was inherited from the parent "
+        f"process and cannot be reconnected without network I/O, and using the parent's "
+        f"connection from here would corrupt it. Build one per process instead: "
+        f"postfork.local(lambda: {calls})"
+    )
+
+    def retired(*args: Any, **kwargs: Any) -> Any:
+        raise retired_error(message, *library_errors)
+
+    for name in names:
+        setattr(obj, name, retired)

@@ -32,6 +32,8 @@ import sys
 import weakref
 from typing import IO, Any, MutableMapping, Optional
 
+from .._contract import Adapter
+
 __all__ = ["reset_file"]
 
 # Offsets recorded in the parent right before fork, keyed by the raw FileIO. Cleared in the
@@ -72,7 +74,6 @@ def _flush_and_record(f: IO[Any]) -> None:
     _at_fork[raw] = os.lseek(raw.fileno(), 0, os.SEEK_CUR)
 
 
-reset_file.before_fork = _flush_and_record  # type: ignore[attr-defined]
 
 
 def _raw(f: Any) -> io.FileIO:
@@ -123,6 +124,9 @@ def _cannot(raw: io.FileIO, fd: int, why: Optional[str]) -> str:
         f"shares the parent's file offset. Open the file in each process instead: "
         f"postfork.local(lambda: open(path, 'ab'))"
     )
+
+
+file = Adapter(reset_file, before_fork=_flush_and_record)
 
 
 def _forget() -> None:

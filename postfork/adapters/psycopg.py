@@ -17,7 +17,9 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, List
 
-from ._retire import retire_fd
+from .._contract import Adapter
+from .._locks import renew
+from ._retire import retire_fd, retire_methods
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -41,13 +43,25 @@ def retire_connection(conn: Any) -> bool:
     return True
 
 
+# What an application calls on a connection; each raises postfork.RetiredError (also a
+# psycopg.OperationalError) on a retired one. close() and the properties stay psycopg's own.
+_ENTRY_POINTS = ("execute", "cursor", "commit", "rollback", "transaction", "pipeline",
+                 "notifies", "cancel", "cancel_safe", "set_autocommit", "set_isolation_level",
+                 "set_read_only", "set_deferrable", "tpc_begin", "tpc_prepare", "tpc_commit",
+                 "tpc_rollback", "tpc_recover", "xid")
+
+
 def reset_connection(conn: "Connection[Any]") -> None:
-    """Retire an inherited ``psycopg.Connection``: using it raises ``OperationalError``,
+    """Retire an inherited ``psycopg.Connection`` or ``AsyncConnection``: using it raises
+    ``postfork.RetiredError`` (a ``psycopg.OperationalError`` too) naming ``postfork.local``;
     closing it sends nothing to the parent's backend."""
+    import psycopg
+
     retire_connection(conn)
     # A parent thread inside a query at fork holds conn.lock forever here: the child's use
-    # must raise psycopg's error, not block on that lock.
-    conn.lock = threading.Lock()
+    # must raise, not block on that lock.
+    renew(conn, "lock")
+    retire_methods(conn, _ENTRY_POINTS, "psycopg.connect(dsn)", psycopg.OperationalError)
 
 
 def reset_pool(pool: "ConnectionPool[Any]") -> None:
@@ -64,7 +78,7 @@ def reset_pool(pool: "ConnectionPool[Any]") -> None:
     stay the parent's (do not fork while holding one).
     """
     # A parent thread inside getconn()/putconn() at fork holds this lock forever here.
-    pool._lock = threading.RLock()
+    renew(pool, "_lock")
     if pool._closed:  # never opened (open() in the child starts from scratch) or closed
         return
     inherited: List[Any] = list(pool._pool)
@@ -105,3 +119,7 @@ def _start_on_first_use(pool: "ConnectionPool[Any]") -> None:
 
     pool._check_open_getconn = check_open_getconn  # type: ignore[method-assign]
 
+
+
+connection = Adapter(reset_connection, retires=True)
+pool = Adapter(reset_pool)

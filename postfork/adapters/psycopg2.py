@@ -11,9 +11,10 @@ be reopened in place: for one per process use ``postfork.local(lambda: psycopg2.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
+from .._contract import Adapter
+from .._locks import renew
 from ._retire import retire_fd
 
 if TYPE_CHECKING:
@@ -46,10 +47,9 @@ def reset_pool(pool: "AbstractConnectionPool") -> None:
     application's hands: they are retired, not closed, and forgotten by the pool (``putconn``
     of one raises psycopg2's ``PoolError``).
     """
-    if hasattr(pool, "_lock"):
-        # ThreadedConnectionPool: a parent thread inside getconn()/putconn() at fork holds
-        # this lock forever here.
-        pool._lock = threading.Lock()
+    # ThreadedConnectionPool: a parent thread inside getconn()/putconn() at fork holds this
+    # lock forever here.
+    renew(pool, "_lock")
     if pool.closed:
         return
     idle, used = pool._pool, list(pool._used.values())
@@ -66,4 +66,5 @@ def _close_pool(pool: "AbstractConnectionPool") -> None:
         pool.closeall()
 
 
-reset_pool.close = _close_pool  # type: ignore[attr-defined]
+connection = Adapter(reset_connection, retires=True)
+pool = Adapter(reset_pool, close=_close_pool)

@@ -29,8 +29,10 @@ holds from the parent, and the internal clients of client-side field level encry
 
 from __future__ import annotations
 
-import _thread
 from typing import Any, Iterator
+
+from .._contract import Adapter
+from .._locks import renew
 
 __all__ = ["reset_mongo_client"]
 
@@ -40,8 +42,11 @@ def reset_mongo_client(client: Any) -> None:
     from pymongo.lock import _create_lock
 
     # MongoClient._lock guards starting the kill-cursors thread in _get_topology().
-    client._lock = _create_lock()
-    _renew_metadata_lock(client, _create_lock)
+    renew(client, "_lock", factory=_create_lock)
+    # PoolOptions has a lock of its own (appending driver metadata), in a name-mangled slot.
+    options = getattr(getattr(client, "_options", None), "pool_options", None)
+    if options is not None:
+        renew(options, "_PoolOptions__metadata_lock", factory=_create_lock)
     topology = getattr(client, "_topology", None)  # absent: a mongodb+srv:// client never used
     if topology is None or getattr(client, "_closed", False):
         return  # nothing connected, or closed in the parent (its use must keep raising)
@@ -51,14 +56,6 @@ def reset_mongo_client(client: Any) -> None:
     # entry); _init_background() also sets _opened = False, so the first use opens it here.
     # old_pid=None: the topology belongs to this process, see the module docstring.
     client._init_background(None)
-
-
-def _renew_metadata_lock(client: Any, create_lock: Any) -> None:
-    # PoolOptions has a lock of its own (appending driver metadata). It is a name-mangled slot.
-    options = getattr(getattr(client, "_options", None), "pool_options", None)
-    if options is not None and isinstance(
-            getattr(options, "_PoolOptions__metadata_lock", None), _thread.LockType):
-        options._PoolOptions__metadata_lock = create_lock()
 
 
 def _drop_inherited(client: Any, topology: Any) -> None:
@@ -93,3 +90,6 @@ def _executors(client: Any, topology: Any) -> Iterator[Any]:
             executor = getattr(owner, attr, None)
             if executor is not None and hasattr(executor, "_stopped"):
                 yield executor
+
+
+client = Adapter(reset_mongo_client)

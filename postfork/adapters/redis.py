@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Tuple
 
+from .._contract import Adapter
+from .._locks import renew
 from ._retire import retire_fd
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ __all__ = [
     "reset_async_pool",
 ]
 
-_LOCK = type(threading.Lock())
-_RLOCK = type(threading.RLock())
-
 # Where each lock lives. A lock held by a parent thread at fork is never released in the
 # child; a new one is the only way out (acquiring it would block, or time out in redis-py).
 _POOL_LOCKS = ("_lock", "_fork_lock")
@@ -74,26 +72,16 @@ _async_reset_pid: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDiction
 
 
 class _Renewer:
-    """Replaces locks, events and conditions with new, released ones of the same kind.
-
-    One instance per reset: a helper object shared by several owners (a client and its pool
-    share one event dispatcher; so do all node pools of a cluster) is renewed once.
-    """
+    """Renews the locks of the helper objects a client shares with others, each once per
+    reset (a client and its pool share one event dispatcher; so do all node pools of a
+    cluster)."""
 
     __slots__ = ("_sides",)
 
     def __init__(self) -> None:
         self._sides: Dict[int, Any] = {}  # id -> helper object (held, so its id stays unique)
 
-    @staticmethod
-    def renew(obj: Any, *names: str) -> None:
-        for name in names:
-            old = getattr(obj, name, None)
-            if old is not None:
-                factory = _FACTORIES.get(type(old))
-                new = factory() if factory is not None else _fresh(old)
-                if new is not None:
-                    setattr(obj, name, new)
+    renew = staticmethod(renew)
 
     def renew_sides(self, obj: Any, attrs: Tuple[str, ...]) -> None:
         """Renew the ``_lock`` of each helper object ``obj`` holds under ``attrs``."""
@@ -102,53 +90,29 @@ class _Renewer:
             if side is None or id(side) in self._sides:
                 continue
             self._sides[id(side)] = side
-            self.renew(side, "_lock")
+            renew(side, "_lock")
             if getattr(side, "_async_lock", None) is not None:  # the event dispatcher's
                 side._async_lock = None  # an asyncio.Lock of the parent's loop; rebuilt lazily
-
-
-_FACTORIES: Dict[type, Callable[[], Any]] = {_LOCK: threading.Lock, _RLOCK: threading.RLock}
-
-
-def _fresh(old: Any) -> Any:
-    """A new, released synchronization object like ``old`` (beyond the plain locks of
-    ``_FACTORIES``), or None for anything else."""
-    if type(old).__name__ == "_RLock":  # threading's pure-Python RLock
-        return threading.RLock()
-    if isinstance(old, threading.Event):
-        event = threading.Event()
-        if old.is_set():  # reads the flag only, takes no lock
-            event.set()
-        return event
-    if type(old).__module__.startswith("asyncio"):
-        import asyncio
-
-        # An asyncio lock of the parent's loop is bound to that loop, and may be held by one
-        # of its tasks that will never run here.
-        if isinstance(old, asyncio.Condition):
-            return asyncio.Condition()
-        if isinstance(old, asyncio.Lock):
-            return asyncio.Lock()
-    return None
 
 
 # -- sync -------------------------------------------------------------------------------------
 
 
 def _drop(conn: Any) -> None:
-    """Forget the parent's socket under ``conn``: close our copy, send nothing, no shutdown."""
-    pid = os.getpid()
+    """Forget the parent's socket under ``conn``: close our copy, send nothing, no shutdown.
+
+    ``conn.pid`` stays the parent's: redis-py's own rule is that a pool ignores the release of
+    a connection another process made (``owns_connection``), and a connection the parent had
+    checked out may be released by code the child inherited. Only a connection the child
+    keeps using is adopted (:func:`_adopt`)."""
     inner = getattr(conn, "_conn", None)  # CacheProxyConnection wraps the real connection
     real = inner if inner is not None else conn
-    if getattr(real, "pid", pid) == pid:
+    if getattr(real, "pid", None) == os.getpid():
         return  # made in this process: ours, nothing inherited
-    _Renewer.renew(conn, "_cache_lock")  # CacheProxyConnection.disconnect() takes it
+    renew(conn, "_cache_lock")  # CacheProxyConnection.disconnect() takes it
     # Connection.disconnect() calls socket.shutdown() only when os.getpid() == conn.pid; here
     # the pids differ, so it close()s our descriptor and leaves the parent's connection alone.
     conn.disconnect()
-    real.pid = pid
-    if inner is not None:
-        conn.pid = pid
 
 
 def _pool_connections(pool: Any) -> List[Any]:
@@ -184,8 +148,14 @@ def reset_pool(pool: "redis.connection.ConnectionPool",
 
 
 def _adopt(pool: Any, conn: Any) -> None:
-    """Count ``conn`` as in use by the (reset) pool, as it was in the parent, so that the
-    client's ``close()`` returns it to the pool and ``max_connections`` still holds."""
+    """Make the dropped ``conn`` this process's own and count it as in use by the (reset)
+    pool, as it was in the parent, so that the client's ``close()`` returns it to the pool
+    and ``max_connections`` still holds."""
+    pid = os.getpid()
+    inner = getattr(conn, "_conn", None)
+    if inner is not None:
+        inner.pid = pid
+    conn.pid = pid
     if hasattr(pool, "_in_use_connections") and not hasattr(pool, "_connections"):
         if conn not in pool._in_use_connections:
             pool._in_use_connections.add(conn)
@@ -299,7 +269,7 @@ def reset_async_pool(pool: "redis.asyncio.ConnectionPool",
     renewer.renew_sides(pool, _POOL_SIDES)
     for conn in _pool_connections(pool):
         _drop_async(conn)
-    pool.reset()  # sync in redis-py: new empty list and WeakSet
+    pool.reset()  # type: ignore[no-untyped-call, unused-ignore]  # sync: new empty list and WeakSet
     _async_reset_pid[pool] = pid
 
 
@@ -331,3 +301,12 @@ def reset_async_pubsub(pubsub: "redis.asyncio.client.PubSub") -> None:
         pool = pubsub.connection_pool
         if hasattr(pool, "_in_use_connections"):
             pool._in_use_connections.add(conn)  # released to this pool by aclose(), as before
+
+
+client = Adapter(reset_redis)
+pubsub = Adapter(reset_pubsub)
+pool = Adapter(reset_pool)
+cluster = Adapter(reset_cluster)
+async_client = Adapter(reset_async_redis)
+async_pubsub = Adapter(reset_async_pubsub)
+async_pool = Adapter(reset_async_pool)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import socket as _socket
 
+from .._contract import Adapter
+
 __all__ = ["reset_socket"]
 
 
@@ -32,3 +34,6 @@ def reset_socket(sock: _socket.socket) -> None:
     fd = sock.detach()
     if fd >= 0:
         os.close(fd)
+
+
+socket = Adapter(reset_socket)

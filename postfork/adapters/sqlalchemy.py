@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, List
 
-from .._adapters import qualname
+from .._contract import Adapter
+from .._lookup import find_adapter
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -53,17 +54,13 @@ def _idle_records(pool: "Pool") -> Iterable[Any]:
 
 
 def _retire_driver_connection(conn: Any) -> None:
+    """Retire a dropped DBAPI connection whose family postfork can only retire (the family
+    table says which: psycopg, psycopg2, ...). Nothing is sent on it."""
     if conn is None:
         return
-    classes = {qualname(klass) for klass in type(conn).__mro__}
-    if "psycopg._connection_base.BaseConnection" in classes:  # sync and async psycopg 3
-        from . import psycopg
-
-        psycopg.retire_connection(conn)
-    elif "psycopg2.extensions.connection" in classes:
-        from . import psycopg2
-
-        psycopg2.retire_connection(conn)
+    found = find_adapter(type(conn))
+    if found is not None and found.retires:
+        found.reset(conn)
 
 
 def _dispose(engine: "Engine") -> None:
@@ -83,5 +80,5 @@ def _dispose_async(engine: "AsyncEngine") -> None:
         pass
 
 
-reset_engine.close = _dispose  # type: ignore[attr-defined]
-reset_async_engine.close = _dispose_async  # type: ignore[attr-defined]
+engine = Adapter(reset_engine, close=_dispose)
+async_engine = Adapter(reset_async_engine, close=_dispose_async)

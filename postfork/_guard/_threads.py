@@ -8,11 +8,12 @@ wrapped (while the guard is on) to record the start site and the owning client (
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from . import _tracking
+from ._tracking import Origin, enabled, format_site, is_server_site, observe_site
 
 __all__ = ["ThreadOrigin", "AliveThread", "install", "alive_threads"]
 
@@ -23,18 +24,18 @@ class ThreadOrigin:
 
     file: Optional[str]
     line: int
-    owner: Optional[_tracking.Origin]  # the tracked client that started it, if any
+    owner: Optional[Origin]  # the tracked client that started it, if any
 
     @property
     def site(self) -> Optional[str]:
         if self.file is None and self.owner is not None:
             return self.owner.site
-        return _tracking.format_site(self.file, self.line)
+        return format_site(self.file, self.line)
 
     @property
     def server(self) -> bool:
         """Started by the prefork server for itself (Celery's timers, gunicorn's...)."""
-        return self.owner is None and _tracking.is_server_site(self.file)
+        return self.owner is None and is_server_site(self.file)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ _installed = False
 
 
 def _start(self: threading.Thread) -> None:
-    if _tracking.enabled():
+    if enabled():
         try:
             self._postfork_origin = _origin_here()  # type: ignore[attr-defined]
         except Exception:  # recording must never stop a thread from starting
@@ -61,9 +62,9 @@ def _start(self: threading.Thread) -> None:
 
 
 def _origin_here() -> ThreadOrigin:
-    # PyMongo starts a monitor lazily from MongoClient._get_topology(), long after __init__.
-    owner = _tracking.owner_hint(walk=True)
-    file, line = _tracking.site_of_caller(2)
+    # PyMongo starts a monitor lazily from MongoClient._get_topology(), long after __init__:
+    # any method of a tracked client on the stack makes it the owner.
+    owner, file, line = observe_site(sys._getframe(2), leaf=True)
     return ThreadOrigin(file, line, owner)
 
 

@@ -1,10 +1,18 @@
 """Where each client came from: the guard's record of every client of a known family.
 
-While the guard is on, constructing a client of a known family (a redis ``Redis``, a
-``MongoClient``, an SQLAlchemy ``Engine``, a psycopg connection or pool, a ``socket``...) leaves
-an :class:`Origin`: the pid that built it, its creation site (the first frame outside the client
-library and postfork) and its owner (the tracked object whose construction built it: a
-``Redis`` builds its ``ConnectionPool``). Only construction is wrapped; no client call is.
+While the guard is on, constructing a client of a known family (see
+:mod:`postfork._families`) leaves an :class:`Origin`: the pid that built it, its creation site
+(the first frame outside the client library and postfork) and its owner (the tracked object
+whose method built it: a ``Redis`` builds its ``ConnectionPool``, an ``Engine``'s pool opens
+psycopg connections). Only construction is observed; no client call is.
+
+Construction is observed through ``__new__``, never ``__init__``: libraries read their own
+``__init__`` (SQLAlchemy routes ``create_engine`` keywords by ``Engine.__init__.__code__``),
+so a tracked class keeps its ``__init__`` exactly as the library defined it. The ``__new__``
+we add calls the inherited one with what it expects, and carries ``__wrapped__`` pointing at
+the class's ``__init__`` so that ``inspect.signature(cls)`` reads as before. A C type whose
+construction cannot be observed is tracked at the module-level function that returns it
+(psycopg2's ``_connect``).
 
 postfork never imports a client library to track it: classes are patched when their module has
 executed (a ``sys.meta_path`` hook) or at once when it is already imported.
@@ -19,35 +27,17 @@ import sys
 import threading
 import weakref
 from types import FrameType, ModuleType
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, cast
 
-__all__ = ["Origin", "enable", "enabled", "origin_of", "origins", "site_of_caller", "owner_hint",
-           "is_server_site", "format_site"]
+from .._families import packages, tracked
 
-# Module -> the attributes to wrap there. A class gets its ``__init__`` wrapped (subclasses
-# inherit it); a function (psycopg2's C ``_connect``) is replaced in the module's namespace.
-_TARGETS: Dict[str, Tuple[str, ...]] = {
-    "redis.client": ("Redis", "PubSub"),
-    "redis.connection": ("ConnectionPool",),
-    "redis.cluster": ("RedisCluster",),
-    "redis.asyncio.client": ("Redis", "PubSub"),
-    "redis.asyncio.connection": ("ConnectionPool",),
-    "pymongo.synchronous.mongo_client": ("MongoClient",),
-    "pymongo.mongo_client": ("MongoClient",),  # PyMongo < 4.9 defines it here
-    "sqlalchemy.engine.base": ("Engine",),
-    "sqlalchemy.ext.asyncio.engine": ("AsyncEngine",),
-    "psycopg.connection": ("Connection",),
-    "psycopg_pool.pool": ("ConnectionPool",),
-    # psycopg2's connection is a C type whose __init__ cannot be replaced; psycopg2.connect()
-    # calls the module global ``_connect``, so wrapping that catches every connection it makes.
-    "psycopg2": ("_connect",),
-    "psycopg2.pool": ("AbstractConnectionPool",),
-    "socket": ("socket",),
-}
+__all__ = ["Origin", "enable", "enabled", "origin_of", "origins", "observe_site", "is_server_site",
+           "format_site", "records"]
 
-# Connections that a client builds for itself later, in one of its methods (an Engine's pool
-# connecting, a MongoClient's monitor): owned by the tracked object whose method is on the stack.
-_LEAVES = {("socket", "socket"), ("psycopg.connection", "Connection"), ("psycopg2", "_connect")}
+# module -> [(attr, leaf)]: classes (or functions) whose construction is recorded. A leaf is
+# built by a client for itself later, in one of its methods (a pool connecting, a monitor): it
+# belongs to the tracked object whose method is on the stack.
+_TARGETS: Dict[str, List[Tuple[str, bool]]] = tracked()
 
 # Objects that wrap a descriptor someone else opened are not built by the application: a socket
 # made with ``fileno=`` comes from ``accept()``, ``fromfd()`` or ``dup()`` (a gunicorn worker
@@ -57,15 +47,16 @@ _WRAPS_A_DESCRIPTOR = {("socket", "socket"): 3}
 
 # Frames inside these top-level packages are "the client library" when looking for the
 # creation site. Standard-library files that build sockets and threads count as well.
-_LIBRARIES = ("redis", "pymongo", "bson", "gridfs", "sqlalchemy", "psycopg", "psycopg_pool",
-              "psycopg_binary", "psycopg2", "postfork")
+_LIBRARIES = packages()
 _STDLIB_MODULES = ("socket", "ssl", "threading", "selectors", "asyncio", "concurrent",
                    "contextlib", "functools")
 # A client whose creation site lies in one of these was built by the server for itself (Celery's
 # broker connection, kombu's redis client, gunicorn's arbiter): never a finding.
 _SERVERS = ("gunicorn", "uwsgidecorators", "celery", "billiard", "kombu", "amqp", "vine")
 
-_POSTFORK_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_USER_PSEUDO_FILES = ("<string>", "<stdin>", "<console>", "<input>")
+
+_POSTFORK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class Origin(weakref.ref):  # type: ignore[type-arg]
@@ -96,7 +87,6 @@ class Origin(weakref.ref):  # type: ignore[type-arg]
 
 _on = False
 _records: Dict[int, Origin] = {}
-_stack = threading.local()  # .objects: the tracked objects under construction in this thread
 
 
 def enabled() -> bool:
@@ -109,6 +99,10 @@ def enable(on: bool) -> None:
     if on:
         _install()
     _on = on
+
+
+def records() -> Dict[int, Origin]:
+    return _records
 
 
 def origin_of(obj: Any) -> Optional[Origin]:
@@ -126,19 +120,6 @@ def _forget(ref: Origin) -> None:
         del _records[ref.key]
 
 
-def _record(obj: Any, owner: Any, file: Optional[str], line: int) -> None:
-    try:
-        origin = Origin(obj, _forget)
-    except TypeError:  # not weakly referenceable: never hold a client strongly
-        return
-    origin.key = id(obj)
-    origin.pid = os.getpid()
-    origin.file = file
-    origin.line = line
-    origin.owner = owner
-    _records[origin.key] = origin
-
-
 # -- creation sites ------------------------------------------------------------------------
 
 _library_cache: Dict[str, bool] = {}
@@ -146,7 +127,7 @@ _library_cache: Dict[str, bool] = {}
 
 def _module_base(name: str) -> Optional[str]:
     """The directory of a package (or the file of a module) when it is imported, else None."""
-    path = getattr(sys.modules.get(name), "__file__", None)
+    path: Optional[str] = getattr(sys.modules.get(name), "__file__", None)
     if not path:
         return None
     if os.path.basename(path).startswith("__init__."):
@@ -158,29 +139,42 @@ def _is_library(filename: str) -> bool:
     known = _library_cache.get(filename)
     if known is None:
         # A file is first seen in a frame only once its package is imported, so computing the
-        # prefixes on a miss (a new file: rare) is enough.
+        # prefixes on a miss (a new file: rare) is enough. Code with no file ("<frozen
+        # importlib._bootstrap>", "<sqlalchemy generated ... wrapper>") is a library's, but for
+        # the application's own: python -c, the interactive prompt.
         prefixes = [_POSTFORK_DIR]
         for name in _LIBRARIES + _STDLIB_MODULES:
             base = _module_base(name)
             if base is not None:
                 prefixes.append(base)
-        known = filename.startswith("<") or filename.startswith(tuple(prefixes))
+        known = (filename.startswith(tuple(prefixes))
+                 or (filename.startswith("<") and filename not in _USER_PSEUDO_FILES))
         _library_cache[filename] = known
     return known
 
 
-def site_of_caller(depth: int = 1, skip: Any = None) -> Tuple[Optional[str], int]:
-    """The first frame outside the client libraries, postfork and the standard-library modules
-    that build sockets and threads. ``skip``: an object whose own ``__init__`` frames (a user's
-    subclass) are not the site either."""
-    frame: Optional[FrameType] = sys._getframe(depth + 1)
+def observe_site(frame: Optional[FrameType], leaf: bool
+                 ) -> Tuple[Optional[Origin], Optional[str], int]:
+    """(owner, file, line) for an object being built with ``frame`` as its builder's frame.
+
+    Walks out of the client libraries to the first frame of the application: that is the
+    creation site. On the way, a library method of a tracked object makes that object the
+    owner (then no site of its own is needed): ``__init__`` always (a ``Redis`` building its
+    pool), any method for a leaf (an ``Engine`` connecting). A thread that never leaves the
+    libraries belongs to whoever started it (a pool's worker thread connecting for its pool).
+    """
     while frame is not None:
         code = frame.f_code
         if not _is_library(code.co_filename):
-            if skip is None or code.co_name != "__init__" or frame.f_locals.get("self") is not skip:
-                return code.co_filename, frame.f_lineno
+            return None, code.co_filename, frame.f_lineno
+        if code.co_argcount and code.co_varnames[0] == "self" and (leaf or code.co_name == "__init__"):
+            me = frame.f_locals.get("self")
+            origin = _records.get(id(me))
+            if origin is not None and origin() is me:
+                return origin, None, 0
         frame = frame.f_back
-    return None, 0
+    thread_origin = getattr(threading.current_thread(), "_postfork_origin", None)
+    return getattr(thread_origin, "owner", None), None, 0
 
 
 def format_site(file: Optional[str], line: int) -> Optional[str]:
@@ -206,85 +200,45 @@ def is_server_site(file: Optional[str]) -> bool:
     return False
 
 
-def owner_hint(walk: bool = False) -> Optional[Origin]:
-    """Who owns what this thread builds now: the object under construction, else the owner of
-    the current thread (a pool's worker thread builds connections for its pool), else with
-    ``walk`` a tracked object whose method is on the stack."""
-    objects = getattr(_stack, "objects", None)
-    if objects:
-        return _pending.get(id(objects[-1]))
-    thread_origin = getattr(threading.current_thread(), "_postfork_origin", None)
-    owner = getattr(thread_origin, "owner", None)
-    if owner is None and walk:
-        owner = _owner_on_stack()
-    return owner
-
-
-def _owner_on_stack(limit: int = 40) -> Optional[Origin]:
-    """A tracked object whose method is on the stack: PyMongo connects and starts monitors
-    lazily from ``MongoClient`` methods, an Engine's pool connects in ``Engine.connect()``."""
-    frame: Optional[FrameType] = sys._getframe(2)
-    while frame is not None and limit:
-        if frame.f_code.co_varnames[:1] == ("self",) and _is_library(frame.f_code.co_filename):
-            origin = origin_of(frame.f_locals.get("self"))
-            if origin is not None:
-                return origin
-        frame = frame.f_back
-        limit -= 1
-    return None
-
-
-# Objects under construction get their Origin before their __init__ runs, so what they build
-# can name them as owner; it is published in _records once __init__ returned.
-_pending: Dict[int, Origin] = {}
+def _record(obj: Any, frame: Optional[FrameType], leaf: bool) -> None:
+    owner, file, line = observe_site(frame, leaf)
+    try:
+        origin = Origin(obj, _forget)
+    except TypeError:  # not weakly referenceable: never hold a client strongly
+        return
+    origin.key = id(obj)
+    origin.pid = os.getpid()
+    origin.file = file
+    origin.line = line
+    origin.owner = owner
+    _records[origin.key] = origin
 
 
 # -- patching ------------------------------------------------------------------------------
 
-def _wrap_init(cls: type, leaf: bool, fileno_at: Optional[int] = None) -> None:
-    original = cls.__dict__.get("__init__")
-    if original is None or getattr(original, "__postfork_wrapped__", False):
+def _wrap_new(cls: type, leaf: bool, fileno_at: Optional[int] = None) -> None:
+    own = cls.__dict__.get("__new__")
+    if getattr(getattr(own, "__func__", own), "__postfork_wrapped__", False):
         return
+    inherited: Any = cls.__new__  # the function type.__call__ would call (object.__new__: takes cls only)
+    plain = inherited is object.__new__
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if (not _on or id(self) in _records or id(self) in _pending
-                or (fileno_at is not None and (len(args) > fileno_at
-                                               or kwargs.get("fileno") is not None))):
-            # off; a subclass's super().__init__() call; or a wrapped existing descriptor
-            original(self, *args, **kwargs)
-            return
-        owner = owner_hint(leaf)
-        file, line = (None, 0) if owner is not None else site_of_caller(1, skip=self)
-        try:
-            origin = Origin(self, _forget)
-        except TypeError:
-            original(self, *args, **kwargs)
-            return
-        origin.key, origin.pid, origin.file, origin.line = id(self), os.getpid(), file, line
-        origin.owner = owner
-        objects = getattr(_stack, "objects", None)
-        if objects is None:
-            objects = _stack.objects = []
-        objects.append(self)
-        _pending[origin.key] = origin
-        try:
-            original(self, *args, **kwargs)
-        finally:
-            objects.pop()
-            del _pending[origin.key]
-        _records[origin.key] = origin
+    def __new__(klass: Any, *args: Any, **kwargs: Any) -> Any:
+        obj = inherited(klass) if plain else inherited(klass, *args, **kwargs)
+        if _on and (fileno_at is None or (len(args) <= fileno_at and kwargs.get("fileno") is None)):
+            # frame 1 is the code that called cls(...): type.__call__ has no Python frame
+            _record(obj, sys._getframe(1), leaf)
+        return obj
 
-    __init__.__postfork_wrapped__ = True  # type: ignore[attr-defined]
-    __init__.__wrapped__ = original  # type: ignore[attr-defined]
-    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
-        try:
-            setattr(__init__, attr, getattr(original, attr))
-        except AttributeError:
-            pass
-    cls.__init__ = __init__  # type: ignore[misc]
+    __new__.__postfork_wrapped__ = True  # type: ignore[attr-defined]
+    # inspect.signature(cls) unwraps a class's own __new__: let it find __init__, as before.
+    __new__.__wrapped__ = getattr(cls, "__init__")  # type: ignore[attr-defined]
+    __new__.__qualname__ = f"{cls.__qualname__}.__new__"
+    __new__.__module__ = cls.__module__
+    cls.__new__ = staticmethod(__new__)  # type: ignore[assignment]
 
 
-def _wrap_function(module: ModuleType, name: str) -> None:
+def _wrap_function(module: ModuleType, name: str, leaf: bool) -> None:
     original = getattr(module, name)
     if getattr(original, "__postfork_wrapped__", False):
         return
@@ -292,9 +246,7 @@ def _wrap_function(module: ModuleType, name: str) -> None:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         obj = original(*args, **kwargs)
         if _on and id(obj) not in _records:
-            owner = owner_hint(True)
-            file, line = (None, 0) if owner is not None else site_of_caller(1)
-            _record(obj, owner, file, line)
+            _record(obj, sys._getframe(1), leaf)
         return obj
 
     wrapper.__postfork_wrapped__ = True  # type: ignore[attr-defined]
@@ -305,13 +257,12 @@ def _wrap_function(module: ModuleType, name: str) -> None:
 
 
 def _patch(module: ModuleType) -> None:
-    for name in _TARGETS.get(module.__name__, ()):
+    for name, leaf in _TARGETS.get(module.__name__, ()):
         target = getattr(module, name, None)
         if isinstance(target, type):
-            key = (module.__name__, name)
-            _wrap_init(target, key in _LEAVES, _WRAPS_A_DESCRIPTOR.get(key))
+            _wrap_new(target, leaf, _WRAPS_A_DESCRIPTOR.get((module.__name__, name)))
         elif callable(target):
-            _wrap_function(module, name)
+            _wrap_function(module, name, leaf)
 
 
 class _PatchingLoader(importlib.abc.Loader):
@@ -341,11 +292,13 @@ class _Finder(importlib.abc.MetaPathFinder):
             return None
         _finding.add(fullname)
         try:
+            spec: Optional[importlib.machinery.ModuleSpec] = None
             for finder in sys.meta_path:
                 if finder is self:
                     continue
                 find = getattr(finder, "find_spec", None)
-                spec = find(fullname, path, target) if find is not None else None
+                spec = cast("Optional[importlib.machinery.ModuleSpec]",
+                            find(fullname, path, target) if find is not None else None)
                 if spec is not None:
                     break
             else:
@@ -357,7 +310,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
-_finding: set = set()
+_finding: Set[str] = set()
 _installed = False
 
 

@@ -1,0 +1,162 @@
+"""The client families postfork knows: one declarative table, read by everything else.
+
+Each :class:`Family` lists its classes (:class:`Kind`): the qualified class name adapters are
+looked up by (along the MRO), the ``Adapter`` in ``postfork.adapters.<module>`` that manages
+it, where the guard watches its construction, and what the user calls to build one (the
+doctor's and the errors' hint). The family's ``packages`` are the top-level packages whose
+frames count as "inside the library" when the guard looks for a client's creation site.
+
+Adding a family is one adapter module, one entry here, one test module (and README lines):
+the lookup (:mod:`postfork._lookup`), the guard's tracking, SQLAlchemy's retirement of its
+drivers' connections and the command's text all derive from this table.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Iterator, List, Optional, Tuple
+
+__all__ = ["Kind", "Family", "FAMILIES", "kinds", "kind_of_name"]
+
+
+class Kind:
+    """One class of a family.
+
+    ``name``: qualified class name as ``type(obj)`` reports it (``cls.__module__`` +
+    ``__qualname__``); ``adapter``: ``"module:attr"`` under ``postfork.adapters``; ``track``:
+    ``"module:attr"`` whose construction the guard records (a class, or a module-level function
+    that returns the object), None for a class the guard does not watch; ``leaf``: the client
+    builds these for itself later, in one of its methods (a pool connecting): such an object
+    belongs to the tracked client whose method is on the stack; ``calls``: what the user writes
+    to build one, for hints (``create_engine(url)``).
+    """
+
+    __slots__ = ("name", "adapter", "track", "leaf", "calls")
+
+    def __init__(self, name: str, adapter: str, *, track: Optional[str] = None, leaf: bool = False,
+                 calls: str = "") -> None:
+        self.name = name
+        self.adapter = adapter
+        self.track = track
+        self.leaf = leaf
+        self.calls = calls or name.rsplit(".", 1)[-1] + "(...)"
+
+    def __repr__(self) -> str:
+        return f"Kind({self.name!r})"
+
+
+class Family:
+    __slots__ = ("name", "packages", "kinds")
+
+    def __init__(self, name: str, packages: Tuple[str, ...], kinds: Tuple[Kind, ...]) -> None:
+        self.name = name
+        self.packages = packages
+        self.kinds = kinds
+
+    def __repr__(self) -> str:
+        return f"Family({self.name!r})"
+
+
+def _self(name: str) -> str:
+    """``track`` for a class tracked where it is defined."""
+    module, _, attr = name.rpartition(".")
+    return f"{module}:{attr}"
+
+
+FAMILIES: Tuple[Family, ...] = (
+    Family("redis", ("redis",), (
+        Kind("redis.client.Redis", "redis:client", track=_self("redis.client.Redis"),
+             calls="redis.Redis.from_url(url)"),
+        Kind("redis.client.PubSub", "redis:pubsub", track=_self("redis.client.PubSub"),
+             calls="client.pubsub()"),
+        Kind("redis.connection.ConnectionPool", "redis:pool",
+             track=_self("redis.connection.ConnectionPool"), calls="redis.ConnectionPool.from_url(url)"),
+        Kind("redis.cluster.RedisCluster", "redis:cluster", track=_self("redis.cluster.RedisCluster"),
+             calls="redis.RedisCluster.from_url(url)"),
+        Kind("redis.asyncio.client.Redis", "redis:async_client",
+             track=_self("redis.asyncio.client.Redis"), calls="redis.asyncio.Redis.from_url(url)"),
+        Kind("redis.asyncio.client.PubSub", "redis:async_pubsub",
+             track=_self("redis.asyncio.client.PubSub"), calls="client.pubsub()"),
+        Kind("redis.asyncio.connection.ConnectionPool", "redis:async_pool",
+             track=_self("redis.asyncio.connection.ConnectionPool"),
+             calls="redis.asyncio.ConnectionPool.from_url(url)"),
+    )),
+    Family("pymongo", ("pymongo", "bson", "gridfs"), (
+        Kind("pymongo.synchronous.mongo_client.MongoClient", "pymongo:client",
+             track=_self("pymongo.synchronous.mongo_client.MongoClient"), calls="MongoClient(url)"),
+        # PyMongo < 4.9 defines it here
+        Kind("pymongo.mongo_client.MongoClient", "pymongo:client",
+             track=_self("pymongo.mongo_client.MongoClient"), calls="MongoClient(url)"),
+    )),
+    Family("sqlalchemy", ("sqlalchemy",), (
+        Kind("sqlalchemy.engine.base.Engine", "sqlalchemy:engine",
+             track=_self("sqlalchemy.engine.base.Engine"), calls="create_engine(url)"),
+        Kind("sqlalchemy.ext.asyncio.engine.AsyncEngine", "sqlalchemy:async_engine",
+             track=_self("sqlalchemy.ext.asyncio.engine.AsyncEngine"),
+             calls="create_async_engine(url)"),
+    )),
+    Family("psycopg", ("psycopg", "psycopg_pool", "psycopg_binary", "psycopg_c"), (
+        # psycopg sets __module__ = "psycopg" on its public classes; defined in psycopg.connection
+        Kind("psycopg.Connection", "psycopg:connection", track="psycopg.connection:Connection",
+             leaf=True, calls="psycopg.connect(dsn)"),
+        Kind("psycopg.AsyncConnection", "psycopg:connection", calls="await psycopg.AsyncConnection.connect(dsn)"),
+        Kind("psycopg_pool.pool.ConnectionPool", "psycopg:pool",
+             track=_self("psycopg_pool.pool.ConnectionPool"), calls="ConnectionPool(dsn)"),
+    )),
+    Family("psycopg2", ("psycopg2",), (
+        # psycopg2's connection is a C type whose construction cannot be observed;
+        # psycopg2.connect() calls the module global _connect, which returns every connection.
+        Kind("psycopg2.extensions.connection", "psycopg2:connection", track="psycopg2:_connect",
+             leaf=True, calls="psycopg2.connect(dsn)"),
+        Kind("psycopg2.pool.AbstractConnectionPool", "psycopg2:pool",
+             track=_self("psycopg2.pool.AbstractConnectionPool"),
+             calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
+    )),
+    Family("socket", (), (
+        Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
+             calls="socket.create_connection(address)"),
+    )),
+    Family("files", (), tuple(
+        Kind(f"_io.{cls}", "files:file", calls="open(path, 'ab')")
+        for cls in ("FileIO", "BufferedWriter", "BufferedReader", "BufferedRandom", "TextIOWrapper")
+    )),
+)
+
+_BY_NAME: Dict[str, Kind] = {}
+_FAMILY_OF: Dict[str, Family] = {}
+for _family in FAMILIES:
+    for _kind in _family.kinds:
+        _BY_NAME[_kind.name] = _kind
+        _FAMILY_OF[_kind.name] = _family
+del _family, _kind
+
+
+def kinds() -> Iterator[Tuple[Family, Kind]]:
+    for family in FAMILIES:
+        for kind in family.kinds:
+            yield family, kind
+
+
+def kind_of_name(qualified: str) -> Optional[Kind]:
+    return _BY_NAME.get(qualified)
+
+
+def family_of_name(qualified: str) -> Optional[Family]:
+    return _FAMILY_OF.get(qualified)
+
+
+def tracked() -> Dict[str, List[Tuple[str, bool]]]:
+    """module -> [(attr, leaf)] the guard records the construction of."""
+    out: Dict[str, List[Tuple[str, bool]]] = {}
+    for _, kind in kinds():
+        if kind.track is not None:
+            module, _, attr = kind.track.partition(":")
+            entries = out.setdefault(module, [])
+            if (attr, kind.leaf) not in entries:
+                entries.append((attr, kind.leaf))
+    return out
+
+
+def packages() -> Tuple[str, ...]:
+    return tuple(p for family in FAMILIES for p in family.packages)

@@ -1,0 +1,150 @@
+"""What the guard knows about this process: the managed objects, the tracked clients and who
+owns them, the sockets they hold, and the snapshot taken just before the last fork.
+
+The guard's findings are built from this, and so are ``postfork doctor``'s tables and
+``postfork.testing``'s checks: they read it through these functions, never through the
+registry's or the tracking's private state. Nothing here calls into a client: objects are read
+with ``object.__getattribute__`` (a proxy such as ``postfork.local`` forwards attribute access
+and would build its client), and a ``local`` declares what it manages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from .._lookup import type_name
+from .._registry import REGISTRY
+from ._fds import socket_inodes
+from ._threads import AliveThread, alive_threads
+from ._tracking import Origin, is_server_site, origins, records
+
+__all__ = ["Snapshot", "take_snapshot", "snapshot", "managed_ids", "references", "is_managed",
+           "client_roots", "socket_origins", "type_name", "alive_threads"]
+
+class Snapshot:
+    """Taken in the parent just before fork, read in the child."""
+
+    __slots__ = ("pid", "threads", "sockets")
+
+    def __init__(self, pid: int, threads: List[AliveThread], sockets: Optional[Dict[int, int]]) -> None:
+        self.pid = pid
+        self.threads = threads
+        self.sockets = sockets  # fd -> inode; None without /proc
+
+
+_snapshot: Optional[Snapshot] = None
+
+
+def take_snapshot() -> None:
+    """The guard's before-fork hook (and ``postfork.testing``'s ``check=True``)."""
+    global _snapshot
+    try:
+        _snapshot = Snapshot(os.getpid(), alive_threads(), socket_inodes())
+    except Exception:  # never let the guard stop a fork
+        _snapshot = None
+
+
+def snapshot() -> Optional[Snapshot]:
+    """The snapshot of the parent this process was forked from (None in the master, or when
+    the server forked without at-fork hooks)."""
+    here = os.getpid()
+    return _snapshot if _snapshot is not None and _snapshot.pid != here else None
+
+
+def managed_ids() -> Set[int]:
+    """ids of every managed object: registered ones, what their adapters declare they manage
+    (a ``local``'s instances, inherited ones too), and the tracked objects a managed one refers
+    to directly (a ``Redis`` registered with a pool built apart; an ``AsyncEngine``'s sync
+    engine): its reset covers them."""
+    managed = list(REGISTRY.managed())
+    ids = {id(o) for o in managed}
+    tracked = records()
+    for obj in managed:
+        for ref in references(obj):
+            if id(ref) in tracked:
+                ids.add(id(ref))
+    return ids
+
+
+def _attribute_values(obj: Any) -> List[Any]:
+    try:
+        values: List[Any] = list(object.__getattribute__(obj, "__dict__").values())
+    except (AttributeError, TypeError):
+        values = []
+    for klass in type(obj).__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            try:
+                values.append(object.__getattribute__(obj, slot))
+            except (AttributeError, TypeError):
+                pass
+    return values
+
+
+def references(obj: Any) -> Iterable[Any]:
+    """The attribute values of ``obj``, and the items of its container attributes."""
+    out: List[Any] = []
+    for value in _attribute_values(obj):
+        out.append(value)
+        if isinstance(value, dict):
+            out.extend(list(value.values())[:1000])
+        elif isinstance(value, (list, tuple, set, frozenset)) or type(value).__name__ == "deque":
+            out.extend(list(value)[:1000])
+    return out
+
+
+def is_managed(origin: Optional[Origin], ids: Set[int]) -> bool:
+    while origin is not None:
+        obj = origin()
+        if obj is not None and id(obj) in ids:
+            return True
+        origin = origin.owner
+    return False
+
+
+def client_roots(ids: Set[int]) -> List[Tuple[Any, Origin, bool]]:
+    """Every tracked client (not sockets) that stands for itself, with whether it is managed.
+
+    An object owned by another (built during its construction) or referred to by another
+    tracked client (the pool that ``Redis.from_url`` builds first) is covered by that one;
+    clients a prefork server built for itself (Celery's broker connection) are left out."""
+    live = [(o(), o) for o in origins()]
+    live = [(obj, o) for obj, o in live if obj is not None and not isinstance(obj, socket.socket)]
+    covered: Set[int] = set()
+    for obj, origin in live:
+        for ref in references(obj):
+            if ref is not obj:
+                covered.add(id(ref))
+    roots = []
+    for obj, origin in live:
+        if (origin.owner is not None and origin.owner() is not None) or id(obj) in covered:
+            continue
+        if is_server_site(origin.file):
+            continue
+        roots.append((obj, origin, is_managed(origin, ids)))
+    return roots
+
+
+def socket_origins(here: int) -> Dict[int, Origin]:
+    """fd -> origin of the tracked object built in another process that holds it (a socket,
+    or a psycopg/psycopg2 connection's libpq socket)."""
+    by_fd: Dict[int, Origin] = {}
+    for origin in origins():
+        obj = origin()
+        if obj is None or origin.pid == here:
+            continue
+        try:
+            fileno = object.__getattribute__(obj, "fileno")
+        except AttributeError:
+            continue
+        try:
+            fd = fileno()
+        except Exception:  # closed
+            continue
+        if isinstance(fd, int) and fd >= 0 and (fd not in by_fd or isinstance(obj, socket.socket)):
+            by_fd[fd] = origin
+    return by_fd
