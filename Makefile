@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench venv clean check
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# mypy --strict on postfork/ and integrations/ (configured in pyproject.toml); the import-cycle
+# and layout checks are tests: tests/test_layout.py
+check: $(STAMP)
+	$(PY) -m mypy
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
