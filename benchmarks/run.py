@@ -6,7 +6,7 @@
     python benchmarks/run.py --write-readme       # refresh the table in benchmarks/README.md
     python benchmarks/run.py --quick hotpath      # tiny counts: checks the scripts run, not speed
 
-Rows: hotpath (1), reset (2), boot (3), throughput (4), import (5), guard (6). Progress goes to
+Rows: hotpath (1), reset (2), boot (3), throughput (4), import (5), guard (6), families (7). Progress goes to
 stderr, the table (or JSON) to stdout. Every ratio is measured side by side in one run: this
 machine is shared and noisy, so absolute figures move between runs and ratios much less.
 """
@@ -27,12 +27,13 @@ sys.path.insert(0, str(HERE))
 
 from _table import Row, as_json, markdown, progress, write_readme  # noqa: E402
 
-ROWS = ("hotpath", "reset", "boot", "throughput", "import", "guard")
+ROWS = ("hotpath", "reset", "boot", "throughput", "import", "guard", "families")
 
 
 # row -> the module that measures it (each has run(quick) -> rows)
 _MODULES = {"hotpath": "hotpath", "reset": "reset_cost", "boot": "boot",
-            "throughput": "throughput", "import": "import_memory", "guard": "guard_row"}
+            "throughput": "throughput", "import": "import_memory", "guard": "guard_row",
+            "families": "families"}
 
 
 def _runner(name: str) -> Callable[[bool], List[Row]]:

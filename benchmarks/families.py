@@ -1,0 +1,140 @@
+"""Row 7: one pair of rows per client family — what its reset costs a worker, and that
+postfork adds nothing to the calls the application makes.
+
+For each family in :data:`SPECS` (one entry per family: how to build a connected client and
+one call the application makes with it):
+
+- ``7-<family>-reset``: the reset's own time per client in a forked child (the entries of the
+  at-fork hook's ``Report``, median over children), against the plain alternative a user has
+  without postfork: building a fresh client in the worker and making its first call.
+- ``7-<family>-call``: in a forked child, the same call on the registered (reset, then
+  reconnected) client against a plain client built in that child, interleaved rounds; the
+  ratio should be 1: postfork wraps no client call.
+
+A family whose server or library is missing is skipped with the reason (in the note).
+Adding a family is one :class:`Spec` below.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from _table import Row, fmt_ms, median, progress
+
+COMMAND = "python benchmarks/run.py families"
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class Spec:
+    """One family: ``build()`` returns a connected client (its first call already made),
+    ``call(client)`` is one application call (a round trip); ``register(client)`` manages it
+    (default ``postfork.register``); ``close(client)`` releases a plain one."""
+
+    def __init__(self, key: str, what: str, build: Callable[[], Any], call: Callable[[Any], Any],
+                 close: Callable[[Any], Any] = lambda c: c.close(),
+                 register: Optional[Callable[[Any], Any]] = None) -> None:
+        self.key = key
+        self.what = what
+        self.build = build
+        self.call = call
+        self.close = close
+        self.register = register
+
+
+def _redis() -> Any:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    return client
+
+
+def _psycopg_pool() -> Any:
+    from psycopg_pool import ConnectionPool
+
+    pool = ConnectionPool(POSTGRES_DSN, min_size=1, max_size=2, open=True)
+    with pool.connection() as conn:
+        conn.execute("SELECT 1")
+    return pool
+
+
+def _psycopg_pool_call(pool: Any) -> Any:
+    with pool.connection() as conn:
+        return conn.execute("SELECT 1").fetchone()
+
+
+SPECS: List[Spec] = [
+    Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
+    Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
+]
+
+
+def _measure(spec: Spec, quick: bool) -> List[Row]:
+    import postfork
+    from postfork.testing import fork_child
+
+    clients_per_child = 2 if quick else 10
+    children = 2 if quick else 7
+    rounds, calls = (2, 5) if quick else (20, 50)
+    registered = [(spec.register or postfork.register)(spec.build()) for _ in range(clients_per_child)]
+    ids = {id(c) for c in registered}
+
+    def child() -> Dict[str, Any]:
+        report = postfork.reset_all()  # the at-fork hook's own run
+        mine = [e.seconds for e in report.entries if e.ok]
+        failed = [str(e) for e in report.failed]
+        t0 = time.perf_counter()
+        plain = spec.build()  # the alternative: a new client in the worker, and its first call
+        fresh = time.perf_counter() - t0
+        managed = registered[0]
+        spec.call(managed)  # reconnects after the reset
+        paired: List[float] = []
+        for n in range(rounds):
+            order = (managed, plain) if n % 2 == 0 else (plain, managed)
+            spent = {}
+            for client in order:
+                t = time.perf_counter()
+                for _ in range(calls):
+                    spec.call(client)
+                spent[id(client)] = time.perf_counter() - t
+            paired.append(spent[id(managed)] / spent[id(plain)])
+        spec.close(plain)
+        return {"resets": mine, "failed": failed, "fresh": fresh, "paired": paired,
+                "entries": len(report.entries)}
+
+    results = [fork_child(child, reset=False).result(timeout=120) for _ in range(children)]
+    for client in registered:
+        postfork.unregister(client)
+        spec.close(client)
+    assert not any(r["failed"] for r in results), results[0]["failed"]
+    del ids
+    per_client = median(median(r["resets"]) for r in results)
+    fresh = median(r["fresh"] for r in results)
+    call_ratio = median(x for r in results for x in r["paired"])
+    return [
+        Row(f"7-{spec.key}-reset", f"{spec.what}: reset per client in the child vs a new client "
+            f"and its first call", fmt_ms(fresh, 3), fmt_ms(per_client, 3), per_client / fresh,
+            "≤ 1.0×", per_client <= fresh, COMMAND,
+            f"median of {children} children, {clients_per_child} registered clients each"),
+        Row(f"7-{spec.key}-call", f"{spec.what}: one call on the registered client vs a plain "
+            f"one (after the reset)", "1.000×", f"{call_ratio:.3f}×", call_ratio, "≤ 1.05×",
+            call_ratio <= 1.05, COMMAND,
+            f"median of {children * rounds} paired rounds of {calls} calls, interleaved"),
+    ]
+
+
+def run(quick: bool = False, only: Optional[List[str]] = None) -> List[Row]:
+    rows: List[Row] = []
+    for spec in SPECS:
+        if only and spec.key not in only:
+            continue
+        progress(f"family {spec.key}")
+        try:
+            rows += _measure(spec, quick)
+        except Exception as exc:  # noqa: BLE001 - a missing server or library skips its family
+            rows.append(Row(f"7-{spec.key}", spec.what, "—", "—", None, "—", None, COMMAND,
+                            f"SKIPPED: {type(exc).__name__}: {exc}"))
+    return rows
