@@ -113,6 +113,10 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("psycopg2.pool.AbstractConnectionPool"),
              calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
     )),
+    Family("http.client", ("http",), (
+        Kind("http.client.HTTPConnection", "http_client:connection",
+             track=_self("http.client.HTTPConnection"), calls="http.client.HTTPConnection(host, port)"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
