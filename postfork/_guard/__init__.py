@@ -46,6 +46,7 @@ class _Observer:
     """The guard's subscription to the registry."""
 
     def after_resets(self, report: Report) -> None:
+        _tracking.refresh_pid()  # a server that forks without at-fork hooks (uWSGI) lands here first
         current = mode()
         if current == "off":
             return
