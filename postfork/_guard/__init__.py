@@ -212,15 +212,42 @@ def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reporte
     return found
 
 
+def _import_findings(report: Optional[Report], snapshot: Optional[_inventory.Snapshot],
+                     master: int, here: int) -> List[Finding]:
+    """Imports a thread of the master had in flight at fork (released by the registry)."""
+    if report is None:
+        return []
+    threads = {t.ident: t for t in (snapshot.threads if snapshot is not None else _threads.alive_threads())}
+    found = []
+    for module, owner, dropped in report.imports:
+        thread = threads.get(owner)
+        who = f"thread {thread.name!r}" if thread is not None else f"a thread (ident {owner})"
+        site = thread.origin.site if thread is not None and thread.origin is not None else None
+        if site:
+            who += f" (started at {site})"
+        text = (f"module {module!r} was being imported by {who} in the master (pid {master}) at "
+                f"fork: its import lock stayed held in pid {here}, where that thread does not "
+                f"exist, and the first import of it here would have hung. postfork released it"
+                + (" and dropped the half-imported module, which is imported afresh here." if dropped
+                   else "."))
+        fix = (f"import {module} in the master before starting threads or before the server "
+               f"forks (for example at the top of the app module)")
+        found.append(Finding("import", text, site, master, fix, module))
+    return found
+
+
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     here = os.getpid()
     snapshot = _inventory.snapshot()
+    if report is None:
+        report = REGISTRY.last()
     child = snapshot is not None or any(o.pid != here for o in _tracking.origins())
     ids = _inventory.managed_ids()
     clients = _unmanaged_clients(ids, inherited_only=child)
     findings = [_client_finding(obj, origin, here) for obj, origin in clients]
     if reset and report is not None:
         _reset_unmanaged(clients, report)
+    findings += _import_findings(report, snapshot, snapshot.pid if snapshot else os.getppid(), here)
     if snapshot is not None:
         findings += _thread_findings(snapshot.threads, snapshot.pid, here, ids)
     elif child:
