@@ -224,3 +224,35 @@ def test_finding_without_a_site_points_outside_postfork() -> None:
     warning = [line for line in done.stderr.splitlines() if "'early'" in line]
     assert warning and "postfork" not in warning[0].split(":")[0], done.stderr
     assert "started before the guard was on" in warning[0]
+
+
+def test_native_threads_are_named_with_their_library() -> None:
+    # A thread the kernel lists but Python's threading module does not (C libraries start them:
+    # librdkafka's are named "rdk:..."): named, with its owner, answering 3.12's
+    # "This process is multi-threaded, use of fork() may lead to deadlocks" warning.
+    done = _run("""
+        import _thread, ctypes, os, time, postfork
+        libc = ctypes.CDLL(None)
+        ready = []
+        def native():
+            libc.prctl(15, b"rdk:main", 0, 0, 0)   # PR_SET_NAME: the kernel's thread name
+            ready.append(1)
+            time.sleep(5)
+        _thread.start_new_thread(native, ())
+        while not ready:
+            time.sleep(0.01)
+        postfork.guard("warn")
+        import warnings
+        warnings.simplefilter("ignore")
+        pid = os.fork()
+        if pid == 0:
+            report = postfork.reset_all()
+            print([(f.kind, f.subject) for f in report.findings])
+            print([f.description for f in report.findings if f.subject == "rdk:main"][0])
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[('thread', 'rdk:main')]", done.stdout + done.stderr
+    assert "native thread 'rdk:main' (librdkafka (confluent-kafka))" in lines[1]
+    assert "multi-threaded, use of fork()" in lines[1]

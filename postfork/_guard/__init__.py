@@ -146,6 +146,9 @@ def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here:
                      ids: Set[int]) -> List[Finding]:
     found = []
     for thread in threads:
+        if thread.native:
+            found.append(_native_thread_finding(thread, master, here))
+            continue
         origin = thread.origin
         if origin is not None and (origin.server or _inventory.is_managed(origin.owner, ids)):
             continue
@@ -169,6 +172,21 @@ def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here:
                     f"at fork; it does not exist in pid {here}, and any lock it held stays held.")
         found.append(Finding("thread", text, site, master, fix, thread.name))
     return found
+
+
+def _native_thread_finding(thread: _threads.AliveThread, master: int, here: int) -> Finding:
+    owner = f" ({thread.owner})" if thread.owner else ""
+    if master == here:
+        text = (f"native thread {thread.name!r}{owner}, started by C code, is alive: a worker "
+                f"forked now would not have it.")
+    else:
+        text = (f"native thread {thread.name!r}{owner}, started by C code, was alive in the master "
+                f"(pid {master}) at fork; it does not exist in pid {here}, and any lock it held "
+                f"stays held. This is the thread Python's 'This process is multi-threaded, use of "
+                f"fork() may lead to deadlocks in the child' warning is about.")
+    fix = ("build the client that runs it in each worker, after the fork "
+           "(postfork.local(lambda: ...)), not in the master")
+    return Finding("thread", text, None, master, fix, thread.name)
 
 
 def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reported: Set[int],
