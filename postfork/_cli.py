@@ -338,6 +338,10 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
         lines += _table(rows, [s.green if t["managed"] else s.red for t in threads])
     else:
         lines.append(s.dim("  only the main thread"))
+    if threads:
+        lines.append(s.dim("  under uWSGI: threads run in the master, so start uWSGI with "
+                           "--py-call-uwsgi-fork-hooks (without it a worker forked while one of "
+                           "them holds the GIL hangs before any Python runs: unbit/uwsgi#1149)"))
     lines.append("")
 
     lines.append(s.bold("Connected sockets the worker inherited"))

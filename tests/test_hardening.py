@@ -256,3 +256,41 @@ def test_native_threads_are_named_with_their_library() -> None:
     assert lines[0] == "[('thread', 'rdk:main')]", done.stdout + done.stderr
     assert "native thread 'rdk:main' (librdkafka (confluent-kafka))" in lines[1]
     assert "multi-threaded, use of fork()" in lines[1]
+
+
+_MP_HOOKS = """
+    import multiprocessing, multiprocessing.util, os, sys, postfork, warnings
+    warnings.simplefilter("ignore")
+    postfork.guard("warn")
+    class Engine: pass
+    engine = Engine()
+    def dispose(obj):                      # the widely copied recipe
+        os.write(1, f"dispose ran in {'child' if os.getpid() != MASTER else 'master'}\\n".encode())
+    MASTER = os.getpid()
+    multiprocessing.util.register_after_fork(engine, dispose)
+    if sys.argv[1] == "opt-in":
+        postfork.after_fork(postfork.multiprocessing_after_fork)
+    if sys.argv[1] == "multiprocessing":
+        ctx = multiprocessing.get_context("fork")
+        p = ctx.Process(target=lambda: os.write(1, f"findings {[f.kind for f in postfork.check()]}\\n".encode()))
+        p.start(); p.join()
+    else:
+        pid = os.fork()                    # gunicorn, uWSGI and RQ fork this way
+        if pid == 0:
+            report = postfork.reset_all()
+            os.write(1, f"findings {[f.kind for f in report.findings]}\\n".encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("plain", ["findings ['hook']"]),                                  # never runs: named
+    ("opt-in", ["dispose ran in child", "findings []"]),               # runs, once
+    ("multiprocessing", ["dispose ran in child", "findings []"]),      # multiprocessing's own: once
+])
+def test_register_after_fork_handlers_are_named_or_run_with_the_opt_in(mode: str, expected: List[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_MP_HOOKS), mode], capture_output=True, text=True,
+        timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("POSTFORK_")})
+    assert done.stdout.splitlines() == expected, done.stdout + done.stderr

@@ -18,7 +18,8 @@ from typing import Any, Iterable, List, Optional, Set, Tuple
 from .. import _settings
 from .._errors import ConfigError, ForkSafetyError, ForkSafetyWarning
 from .._lookup import calls_for, find_adapter, type_name
-from .._registry import REGISTRY, log, run_one
+from .._mphooks import forked_by_multiprocessing, handlers, multiprocessing_after_fork
+from .._registry import REGISTRY, log, registered, run_one
 from .._report import Entry, Finding, Report
 from . import _fds, _inventory, _threads, _tracking
 
@@ -254,6 +255,30 @@ def _import_findings(report: Optional[Report], snapshot: Optional[_inventory.Sna
     return found
 
 
+def _mp_hook_findings(master: int, here: int) -> List[Finding]:
+    """``multiprocessing.util.register_after_fork`` handlers, in a child multiprocessing did not
+    start: they never run here (unless the opt-in runs them)."""
+    if forked_by_multiprocessing() or registered(multiprocessing_after_fork):
+        return []
+    found = []
+    for obj, func in handlers():
+        code = getattr(func, "__code__", None)
+        file = getattr(code, "co_filename", None)
+        if _tracking.is_server_site(file):  # kombu, billiard: the server's own, run by it
+            continue
+        site = _tracking.format_site(file, code.co_firstlineno) if code is not None else None
+        name = getattr(func, "__qualname__", repr(func))
+        text = (f"multiprocessing.util.register_after_fork({type_name(obj)}, {name}) "
+                f"{'(defined at ' + site + ') ' if site else ''}was registered in the master "
+                f"(pid {master}); multiprocessing runs such handlers only in the processes it "
+                f"starts itself, so it never ran in pid {here}.")
+        fix = ("register the object with postfork.register() instead, or opt in once: "
+               "postfork.after_fork(postfork.multiprocessing_after_fork) runs these handlers in "
+               "every child postfork resets")
+        found.append(Finding("hook", text, site, master, fix, name))
+    return found
+
+
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     here = os.getpid()
     snapshot = _inventory.snapshot()
@@ -276,6 +301,7 @@ def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     else:
         findings += _thread_findings(_threads.alive_threads(), here, here, ids)
     if child:
+        findings += _mp_hook_findings(snapshot.pid if snapshot else os.getppid(), here)
         reported = {id(obj) for obj, _ in clients}
         reported.update(id(ref) for obj, _ in clients for ref in _inventory.references(obj))
         findings += _socket_findings(snapshot, here, reported, ids)
