@@ -294,3 +294,49 @@ def test_register_after_fork_handlers_are_named_or_run_with_the_opt_in(mode: str
         [sys.executable, "-c", textwrap.dedent(_MP_HOOKS), mode], capture_output=True, text=True,
         timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("POSTFORK_")})
     assert done.stdout.splitlines() == expected, done.stdout + done.stderr
+
+
+def test_an_unregistered_file_written_by_the_app_is_named(tmp_path: Any) -> None:
+    app = tmp_path / "journal_app.py"
+    app.write_text(textwrap.dedent(f"""
+        import postfork
+        journal = open({str(tmp_path / 'journal.log')!r}, "a")      # unmanaged: a finding
+        kept = postfork.register(open({str(tmp_path / 'kept.log')!r}, "a"))
+        readme = open({str(app)!r})                                   # read only: not one
+    """))
+    done = _run(f"""
+        import os, sys, warnings
+        sys.path.insert(0, {str(tmp_path)!r})
+        warnings.simplefilter("ignore")
+        import postfork
+        postfork.guard("warn")
+        import journal_app
+        pid = os.fork()
+        if pid == 0:
+            for f in postfork.reset_all().findings:
+                print(f.kind, f.subject, "journal_app.journal" in f.description, "register(journal)" in f.fix)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    assert done.stdout.splitlines() == [f"file {tmp_path / 'journal.log'} True True"], done.stderr
+
+
+def test_an_asyncio_client_and_loop_of_the_master_are_named(redis_url: str) -> None:
+    done = _run(f"""
+        import asyncio, os, warnings
+        warnings.simplefilter("ignore")
+        import postfork
+        postfork.guard("warn")
+        import redis.asyncio
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)                 # the master's loop, still current at fork
+        client = redis.asyncio.Redis.from_url({redis_url!r})
+        loop.run_until_complete(client.ping())       # a connection on the master's loop
+        pid = os.fork()
+        if pid == 0:
+            for f in postfork.reset_all().findings:
+                print(f.kind, "bound to the master's event loop" in f.description)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    assert sorted(done.stdout.splitlines()) == ["client True", "loop False"], done.stdout + done.stderr

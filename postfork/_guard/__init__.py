@@ -140,6 +140,9 @@ def _client_finding(obj: Any, origin: _tracking.Origin, here: int) -> Finding:
         text = (f"{name} built {where} in pid {origin.pid} (the master) reached pid {here} "
                 f"unmanaged: this worker shares its connections with the master and every "
                 f"other worker.")
+        if _inventory.bound_to_a_loop(obj):
+            text += (" It is bound to the master's event loop: on this worker's loop it fails "
+                     "('attached to a different loop', 'Event loop is closed').")
     return Finding("client", text, site, origin.pid, _FIX_CLIENT.format(calls=calls_for(obj)), name)
 
 
@@ -279,6 +282,37 @@ def _mp_hook_findings(master: int, here: int) -> List[Finding]:
     return found
 
 
+def _file_findings(ids: Set[int], master: int, here: int) -> List[Finding]:
+    found = []
+    for holder, f in _inventory.app_files(ids):
+        path = getattr(f, "name", "?")
+        text = (f"file {path!r} (fd {f.fileno()}), opened for writing in the master (pid {master}) "
+                f"and held by {holder}, reached pid {here} unmanaged: master and workers share "
+                f"one file offset, and bytes buffered before the fork are written twice.")
+        fix = (f"postfork.register({holder.rsplit('.', 1)[-1]}) (each worker reopens it in place, "
+               f"with an offset of its own), or open it in each worker: "
+               f"postfork.local(lambda: open({path!r}, 'a'))")
+        found.append(Finding("file", text, None, master, fix, str(path)))
+    return found
+
+
+def _loop_findings(master: int, here: int) -> List[Finding]:
+    """The master's event loop, still this thread's current loop in the worker."""
+    events = sys.modules.get("asyncio.events")
+    if events is None:
+        return []
+    local = getattr(getattr(events.get_event_loop_policy(), "_local", None), "_loop", None)
+    if local is None or local.is_closed() or local.is_running():
+        return []
+    text = (f"the asyncio event loop created in the master (pid {master}) is still this thread's "
+            f"event loop in pid {here}: its selector is the master's (one epoll instance for "
+            f"both processes), and clients built on it fail here ('attached to a different "
+            f"loop', 'Event loop is closed').")
+    fix = ("create the loop in each worker (asyncio.run(...), or asyncio.new_event_loop() after "
+           "the fork) and build asyncio clients there: postfork.local(lambda: ...)")
+    return [Finding("loop", text, None, master, fix, type(local).__name__)]
+
+
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     here = os.getpid()
     snapshot = _inventory.snapshot()
@@ -301,7 +335,10 @@ def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     else:
         findings += _thread_findings(_threads.alive_threads(), here, here, ids)
     if child:
-        findings += _mp_hook_findings(snapshot.pid if snapshot else os.getppid(), here)
+        master = snapshot.pid if snapshot else os.getppid()
+        findings += _mp_hook_findings(master, here)
+        findings += _file_findings(ids, master, here)
+        findings += _loop_findings(master, here)
         reported = {id(obj) for obj, _ in clients}
         reported.update(id(ref) for obj, _ in clients for ref in _inventory.references(obj))
         findings += _socket_findings(snapshot, here, reported, ids)
