@@ -2,7 +2,7 @@
 # real services (REDIS_URL, POSTGRES_DSN, RabbitMQ on 127.0.0.1; MockupDB for MongoDB).
 # make demo: set up, then run the example app under gunicorn on an embedded default.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-test
 

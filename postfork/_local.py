@@ -51,6 +51,8 @@ class Local(_Generic[T]):
     __slots__ = ("_factory", "_name", "_instance", "_lock", "__weakref__")
 
     def __init__(self, factory: Callable[[], T], *, name: Optional[str] = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"postfork.local(factory, name=...) takes a str, got {name!r}")
         if not callable(factory):
             raise TypeError(
                 f"postfork.local() takes a factory, a callable with no argument that builds the "
