@@ -162,10 +162,19 @@ def _is_library(filename: str) -> bool:
             base = _module_base(name)
             if base is not None:
                 prefixes.append(base)
-        known = (filename.startswith(tuple(prefixes))
-                 or (filename.startswith("<") and filename not in _USER_PSEUDO_FILES))
+        known = filename.startswith(tuple(prefixes)) or filename.startswith("<")
         _library_cache[filename] = known
     return known
+
+
+def _is_library_frame(frame: FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    if filename not in _USER_PSEUDO_FILES:
+        return _is_library(filename)
+    # "<string>" is python -c's code, and also code a library generated with exec() (SQLAlchemy
+    # 2 on CPython 3.10 names its create_engine() wrapper so): the module it runs in decides.
+    module = str(frame.f_globals.get("__name__", "")).split(".")[0]
+    return module in _LIBRARIES or module in _STDLIB_MODULES or module == "postfork"
 
 
 def observe_site(frame: Optional[FrameType], leaf: bool
@@ -180,7 +189,7 @@ def observe_site(frame: Optional[FrameType], leaf: bool
     """
     while frame is not None:
         code = frame.f_code
-        if not _is_library(code.co_filename):
+        if not _is_library_frame(frame):
             return None, code.co_filename, frame.f_lineno
         if code.co_argcount and code.co_varnames[0] == "self" and (leaf or code.co_name == "__init__"):
             me = frame.f_locals.get("self")
