@@ -21,8 +21,8 @@ import pytest
 
 import postfork
 from _mysql import (CHILDREN, children_keep_the_parents_session, connect_kwargs, connection_id,
-                    crossed_replies, engine_children_keep_the_parents_session, fd_of,
-                    in_a_query_at_fork, one, retired_use, sessions,
+                    crossed_replies, engine_children_keep_the_parents_session,
+                    in_a_query_at_fork, retired_use, sessions,
                     sessions_after_a_child_exits_normally, unmanaged_engine_child)
 from postfork import _guard
 from postfork.testing import ChildError, fork_child, run_in_child
