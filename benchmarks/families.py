@@ -26,6 +26,7 @@ from _table import Row, fmt_ms, median, progress
 COMMAND = "python benchmarks/run.py families"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 class Spec:
@@ -66,9 +67,42 @@ def _psycopg_pool_call(pool: Any) -> Any:
         return conn.execute("SELECT 1").fetchone()
 
 
+def _mysql_local(module: str) -> Callable[[], Any]:
+    """A bare MySQL connection is retired in a worker: what an application uses instead is
+    ``postfork.local(lambda: <driver>.connect(...))``, built and used in the master. Its reset
+    in the child is the local's: forget the master's instance, retire it."""
+
+    def build() -> Any:
+        from urllib.parse import urlparse
+
+        import postfork
+
+        driver = __import__(module)
+        u = urlparse(MYSQL_URL)
+        kwargs = dict(host=u.hostname, port=u.port or 3306, user=u.username or "root",
+                      password=u.password or "", database=u.path.lstrip("/"))
+        conn = postfork.local(lambda: driver.connect(**kwargs))
+        _select_1(conn)
+        return conn
+
+    return build
+
+
+def _select_1(conn: Any) -> Any:
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    row = cur.fetchone()
+    cur.close()
+    return row
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
+    Spec("pymysql", "PyMySQL `Connection` (`postfork.local`)", _mysql_local("pymysql"), _select_1,
+         register=lambda local: local),  # a local registers itself
+    Spec("mysqlclient", "mysqlclient `MySQLdb` connection (`postfork.local`)",
+         _mysql_local("MySQLdb"), _select_1, register=lambda local: local),
 ]
 
 

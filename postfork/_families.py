@@ -117,6 +117,18 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("http.client.HTTPConnection", "http_client:connection",
              track=_self("http.client.HTTPConnection"), calls="http.client.HTTPConnection(host, port)"),
     )),
+    Family("pymysql", ("pymysql",), (
+        # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
+        Kind("pymysql.connections.Connection", "pymysql:connection",
+             track=_self("pymysql.connections.Connection"), leaf=True,
+             calls="pymysql.connect(...)"),
+    )),
+    Family("mysqlclient", ("MySQLdb",), (
+        # a Python subclass of the C type _mysql.connection: its __new__ can be observed
+        Kind("MySQLdb.connections.Connection", "mysqlclient:connection",
+             track=_self("MySQLdb.connections.Connection"), leaf=True,
+             calls="MySQLdb.connect(...)"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

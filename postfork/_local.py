@@ -6,6 +6,7 @@ import threading
 
 from ._contract import Adapter, close_default
 from ._locks import fresh
+from ._lookup import find_adapter
 from ._registry import REGISTRY
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
@@ -34,6 +35,17 @@ _UNBUILT: Any = object()
 # reference would run their finalizers in the child (a buffered file flushed twice, a client
 # saying goodbye on a socket the parent still uses). The parent's process owns them.
 _inherited: List[Any] = []
+
+
+def _retire_inherited(instance: Any) -> None:
+    """Keeping an inherited instance is not enough when the interpreter exits: module globals
+    are cleared then and finalizers run all the same. For a family postfork retires (a bare
+    database connection) that finalizer may talk on the parent's socket (mysqlclient's
+    deallocator sends COM_QUIT: a worker exiting normally ended the master's session, measured),
+    so such an instance is retired here as if it had been registered."""
+    found = find_adapter(type(instance))
+    if found is not None and found.retires:
+        found.reset(instance)
 
 
 class Local(_Generic[T]):
@@ -89,8 +101,10 @@ class Local(_Generic[T]):
         # In the child: a parent thread may hold the build lock at fork; it is never released.
         object.__setattr__(self, "_lock", fresh(self._lock))
         if self._instance is not _UNBUILT:
-            _inherited.append(self._instance)
+            inherited = self._instance
+            _inherited.append(inherited)
             object.__setattr__(self, "_instance", _UNBUILT)
+            _retire_inherited(inherited)
 
     def _close(self) -> None:
         instance = self._instance

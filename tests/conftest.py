@@ -1,4 +1,5 @@
-"""Real services for the suite: Redis, PostgreSQL, RabbitMQ on this machine, MockupDB for MongoDB.
+"""Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ on this machine, MockupDB for
+MongoDB.
 
 A missing service skips its tests with the reason, unless POSTFORK_REQUIRE_SERVICES=1 (CI),
 where it fails them.
@@ -17,6 +18,7 @@ import pytest
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/postfork_test")
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
@@ -54,6 +56,22 @@ def postgres_dsn() -> str:
     except Exception as exc:
         _missing(f"PostgreSQL at {POSTGRES_DSN}", repr(exc))
     return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """MariaDB/MySQL, in a database of the suite's own (created here when missing)."""
+    pymysql = pytest.importorskip("pymysql")
+    u = urlparse(MYSQL_URL)
+    try:
+        conn = pymysql.connect(host=u.hostname, port=u.port or 3306, user=u.username or "root",
+                               password=u.password or "", connect_timeout=2)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{u.path.lstrip('/')}`")
+        conn.close()
+    except Exception as exc:
+        _missing(f"MariaDB at {MYSQL_URL}", repr(exc))
+    return MYSQL_URL
 
 
 @pytest.fixture(scope="session")
