@@ -8,6 +8,7 @@ from ._contract import Adapter, close_default
 from ._locks import fresh
 from ._lookup import find_adapter
 from ._registry import REGISTRY
+from ._registry import log as REGISTRY_LOG
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
 if TYPE_CHECKING:
@@ -39,13 +40,18 @@ _inherited: List[Any] = []
 
 def _retire_inherited(instance: Any) -> None:
     """Keeping an inherited instance is not enough when the interpreter exits: module globals
-    are cleared then and finalizers run all the same. For a family postfork retires (a bare
-    database connection) that finalizer may talk on the parent's socket (mysqlclient's
-    deallocator sends COM_QUIT: a worker exiting normally ended the master's session, measured),
-    so such an instance is retired here as if it had been registered."""
+    are cleared then and finalizers run all the same, and a finalizer may talk on the parent's
+    socket (mysqlclient's deallocator sends COM_QUIT: a worker exiting normally ended the
+    master's session, measured). So an instance of a family postfork knows is reset here as if
+    it had been registered: its inherited connections dropped or retired, silently."""
     found = find_adapter(type(instance))
-    if found is not None and found.retires:
+    if found is None:
+        return
+    try:
         found.reset(instance)
+    except Exception:  # the local itself is invalidated whatever happens to the old instance
+        REGISTRY_LOG.error("postfork: resetting the inherited instance of a local failed",
+                           exc_info=True)
 
 
 class Local(_Generic[T]):
