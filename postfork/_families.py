@@ -113,6 +113,10 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("psycopg2.pool.AbstractConnectionPool"),
              calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
     )),
+    Family("paho-mqtt", ("paho",), (
+        Kind("paho.mqtt.client.Client", "paho:client", track=_self("paho.mqtt.client.Client"),
+             calls="mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
