@@ -22,9 +22,9 @@ does about it:
   network thread, always busy in ``_loop``) may hold one at fork. New ones.
 - The client id: a child that connects with the master's id takes over its session, and the
   broker closes the master's connection (MQTT session takeover; measured: Mosquitto logs
-  "Client X already connected, closing old connection", the master's ``on_disconnect`` fires,
-  and with ``reconnect_on_failure`` master and child then kick each other off in turn). The
-  child connects as ``<id>-<pid>`` instead. Its session is clean and non-persistent
+  "Client X already connected, closing old connection" and the master's ``on_disconnect``
+  fires; the master's own reconnect then takes the session back from the child). The child
+  connects as ``<id>-<pid>`` instead. Its session is clean and non-persistent
   (``clean_session=True``; MQTT 5: ``clean_start`` and no ``SessionExpiryInterval``): the
   master's persistent session, its subscriptions and its queued messages stay the master's, and
   no worker leaves a persistent session behind on the broker when it exits. An empty id (the
