@@ -163,8 +163,8 @@ def _connect_on_first_use(nc: "nats.aio.client.Client", maxsize: int) -> None:
             return  # connected already
         if c._flush_queue is None:
             c._flush_queue = asyncio.Queue(maxsize=maxsize)  # of this loop
-        if name == "close" and state["connecting"] is None:
-            _disarm(c)  # nothing to close on the wire: close() just marks it closed
+        if name in ("close", "drain") and state["connecting"] is None:
+            _disarm(c)  # nothing on the wire to close or drain: it just becomes closed
             return
         connecting = state["connecting"]
         if connecting is None or (connecting.done() and (connecting.cancelled()
