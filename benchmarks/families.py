@@ -27,6 +27,8 @@ COMMAND = "python benchmarks/run.py families"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
 
 class Spec:
@@ -94,6 +96,54 @@ def _select_1(conn: Any) -> Any:
     row = cur.fetchone()
     cur.close()
     return row
+def _paho() -> Any:
+    import uuid
+    from urllib.parse import urlparse
+
+    import paho.mqtt.client as mqtt
+
+    u = urlparse(MQTT_URL)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"postfork-bench-{uuid.uuid4().hex[:8]}")
+    client.connect(u.hostname or "127.0.0.1", u.port or 1883)
+    client.loop_start()
+    _paho_call(client)
+    return client
+
+
+def _paho_call(client: Any) -> Any:
+    """A QoS 1 publish, until the broker's PUBACK: one round trip through the network thread."""
+    info = client.publish("postfork-bench/families", b"x", qos=1)
+    info.wait_for_publish(10)
+    return info.is_published()
+
+
+def _paho_close(client: Any) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+_loops: Dict[int, Any] = {}
+
+
+def _in_loop(coro: Any) -> Any:
+    """Run ``coro`` in this process's event loop (a thread of its own, as a sync application
+    using nats-py has): a forked child gets a loop of its own on first use."""
+    import asyncio
+    import threading
+
+    loop = _loops.get(os.getpid())
+    if loop is None:
+        loop = _loops[os.getpid()] = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+
+def _nats() -> Any:
+    import nats
+
+    client = _in_loop(nats.connect(NATS_URL))
+    _in_loop(client.flush())
+    return client
 
 
 SPECS: List[Spec] = [
@@ -103,6 +153,9 @@ SPECS: List[Spec] = [
          register=lambda local: local),  # a local registers itself
     Spec("mysqlclient", "mysqlclient `MySQLdb` connection (`postfork.local`)",
          _mysql_local("MySQLdb"), _select_1, register=lambda local: local),
+    Spec("paho", "paho-mqtt `Client` (loop_start, QoS 1 publish)", _paho, _paho_call, _paho_close),
+    Spec("nats", "nats-py `Client` (flush: PING/PONG)", _nats, lambda c: _in_loop(c.flush()),
+         lambda c: _in_loop(c.close())),
 ]
 
 

@@ -129,6 +129,14 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("MySQLdb.connections.Connection"), leaf=True,
              calls="MySQLdb.connect(...)"),
     )),
+    Family("paho-mqtt", ("paho",), (
+        Kind("paho.mqtt.client.Client", "paho:client", track=_self("paho.mqtt.client.Client"),
+             calls="mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)"),
+    )),
+    Family("nats-py", ("nats",), (
+        Kind("nats.aio.client.Client", "nats:client", track=_self("nats.aio.client.Client"),
+             calls="nats.aio.client.Client()"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

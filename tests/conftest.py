@@ -1,5 +1,5 @@
-"""Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ on this machine, MockupDB for
-MongoDB.
+"""Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ, Mosquitto, NATS on this
+machine, MockupDB for MongoDB.
 
 A missing service skips its tests with the reason, unless POSTFORK_REQUIRE_SERVICES=1 (CI),
 where it fails them.
@@ -19,6 +19,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/postfork_test")
+MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
@@ -79,6 +81,22 @@ def amqp_url() -> str:
     if not _tcp_up(AMQP_URL, 5672):
         _missing(f"RabbitMQ at {AMQP_URL}", "connection refused")
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    pytest.importorskip("paho.mqtt.client")
+    if not _tcp_up(MQTT_URL, 1883):
+        _missing(f"Mosquitto at {MQTT_URL}", "connection refused")
+    return MQTT_URL
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    pytest.importorskip("nats")
+    if not _tcp_up(NATS_URL, 4222):
+        _missing(f"NATS at {NATS_URL}", "connection refused")
+    return NATS_URL
 
 
 @pytest.fixture

@@ -141,6 +141,13 @@ def socket_origins(here: int) -> Dict[int, Origin]:
         obj = origin()
         if obj is None or origin.pid == here:
             continue
+        # Sockets a client holds directly but did not build through a tracked call (paho's
+        # wake-up socketpair: one end comes from accept()) are that client's too.
+        for ref in references(obj):
+            if isinstance(ref, socket.socket) and not isinstance(obj, socket.socket):
+                fd = ref.fileno()
+                if fd >= 0 and fd not in by_fd:
+                    by_fd[fd] = origin
         try:
             fileno = object.__getattribute__(obj, "fileno")
         except AttributeError:
