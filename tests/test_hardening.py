@@ -339,4 +339,6 @@ def test_an_asyncio_client_and_loop_of_the_master_are_named(redis_url: str) -> N
             os._exit(0)
         os.waitpid(pid, 0)
     """)
-    assert sorted(done.stdout.splitlines()) == ["client True", "loop False"], done.stdout + done.stderr
+    # CPython 3.12+ forgets the policy's loop in a forked child by itself (asyncio.events.on_fork)
+    loop = ["loop False"] if sys.version_info < (3, 12) else []
+    assert sorted(done.stdout.splitlines()) == ["client True", *loop], done.stdout + done.stderr

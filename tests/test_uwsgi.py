@@ -183,7 +183,7 @@ def test_master_threads_without_the_fork_hook_flag_are_warned_about(servers, tmp
     # without --py-call-uwsgi-fork-hooks a worker forked while such a thread holds the GIL hangs
     # before any Python runs (unbit/uwsgi#1149). The integration says so in every worker.
     server = uwsgi(servers, tmp_path, "--master", "--import", "_uwsgi_thread", *flags, *INTEGRATION, env={})
-    serve_both_workers(server, 20)
+    serve_both_workers(server)  # both workers booted and served
     warned = [line for line in server.log.splitlines() if "--py-call-uwsgi-fork-hooks" in line
               and line.startswith("postfork: WARNING")]
     if flags:
