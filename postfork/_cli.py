@@ -226,24 +226,9 @@ def _probe(target: str, timeout: float) -> Dict[str, Any]:
         "resets": child_result["resets"],
         "sockets": child_result["sockets"],
         "findings": child_result["findings"],
-        "warnings": _warnings(master["threads"]),
         "probe_error": error,
         "ok": ok,
     }
-
-
-UWSGI_THREADS_WARNING = (
-    "under uWSGI, start it with --py-call-uwsgi-fork-hooks: the master runs {n} Python "
-    "thread{s} at fork, and without that flag uWSGI does not re-initialise the GIL in its "
-    "workers, so a worker forked while one of them holds or waits for the GIL hangs forever "
-    "(gunicorn, Celery and multiprocessing fork through os.fork and are not affected)")
-
-
-def _warnings(threads: List[Dict[str, Any]]) -> List[str]:
-    """What is not a finding (the exit status does not change) but can still stop a worker."""
-    if not threads:
-        return []
-    return [UWSGI_THREADS_WARNING.format(n=len(threads), s="" if len(threads) == 1 else "s")]
 
 
 def _mode_name() -> str:
@@ -331,8 +316,6 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
         lines += _table(rows, [s.green if t["managed"] else s.red for t in threads])
     else:
         lines.append(s.dim("  only the main thread"))
-    for warning in result["warnings"]:
-        lines.append(s.bold("  note: ") + warning)
     lines.append("")
 
     lines.append(s.bold("Connected sockets the worker inherited"))

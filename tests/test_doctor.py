@@ -91,22 +91,9 @@ def test_example_app_is_clean(redis_url: str, postgres_dsn: str) -> None:
     types = {c["type"]: c for c in report["clients"]}
     assert {"sqlalchemy.Engine", "redis.Redis", "psycopg_pool.ConnectionPool"} <= set(types)
     assert all(c["managed"] and c["created_at"].startswith("examples/app.py:") for c in report["clients"])
-    # The pool's worker threads were alive at fork, owned by the registered pool: no finding,
-    # but the note that uWSGI needs --py-call-uwsgi-fork-hooks for them (exit status still 0).
+    # The pool's worker threads were alive at fork, owned by the registered pool: no finding.
     assert [t for t in report["threads_at_fork"] if not t["managed"]] == []
-    assert len(report["warnings"]) == 1 and "--py-call-uwsgi-fork-hooks" in report["warnings"][0]
     assert report["sockets"] and not [s for s in report["sockets"] if s["open_after_resets"]]
-
-
-def test_threads_in_the_master_bring_the_uwsgi_note_and_only_they(redis_url: str) -> None:
-    """Without --py-call-uwsgi-fork-hooks uWSGI does not re-initialise the GIL in a worker: one
-    forked while a master thread holds or waits for it hangs (README, uWSGI)."""
-    threaded = doctor("unsafe_app", REDIS_URL=redis_url)  # starts the "ticker" thread
-    assert re.search(r"^  note: under uWSGI, start it with --py-call-uwsgi-fork-hooks: the master "
-                     r"runs 1 Python thread at fork", threaded.stdout, re.M), threaded.stdout
-    clean = doctor("clean_app:application", "--json", REDIS_URL=redis_url)
-    report = json.loads(clean.stdout)
-    assert report["threads_at_fork"] == [] and report["warnings"] == []
 
 
 def test_failed_reset_exits_1() -> None:
