@@ -89,6 +89,11 @@ def _postgres(dsn: str) -> Probe:
     from psycopg_pool import ConnectionPool
 
     pool = manage(ConnectionPool(dsn, min_size=1, max_size=2, open=True, timeout=10))
+    # Let the pool finish connecting before the server forks. A pool opens its connections on
+    # worker threads; asked for one before the first is ready, it also grows, and a connection
+    # still being established when the master forks exists in the worker only as a socket of a
+    # thread that is gone there: no reset can reach it, so it stays open in every worker.
+    pool.wait(timeout=10)
 
     def query(sql: str, *params: Any) -> Any:
         with pool.connection() as conn:

@@ -21,7 +21,7 @@ To assert that an application is fork-safe in a test suite::
 
 from __future__ import annotations
 
-import ctypes
+import gc
 import os
 import pickle
 import select
@@ -101,10 +101,13 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: 
                hooks: bool = True, **kwargs: Any) -> Child:
     """Fork now; the child runs ``func(*args, **kwargs)`` and exits. Returns at once.
 
-    ``hooks=False`` forks the way uWSGI does without ``--py-call-osafterfork``: no
-    ``os.register_at_fork`` hook runs in the child (neither postfork's nor PyMongo's), so only
-    what the child calls itself (``reset=True``: ``reset_all()``, as the uWSGI integration
-    does) resets anything.
+    ``hooks=False`` forks the way uWSGI does without ``--py-call-osafterfork`` or
+    ``--py-call-uwsgi-fork-hooks``: no ``os.register_at_fork`` hook runs, before the fork or in
+    either process (not postfork's, not PyMongo's, not the standard library's), so only what
+    the child calls itself (``reset=True``: ``reset_all()``, as the uWSGI integration does)
+    resets anything. CPython's own state (the GIL, the other threads' states, the import lock)
+    is re-initialised in the child as ``os.fork()`` does; uWSGI does not do that part, which
+    is a hazard of uWSGI's (README, uWSGI), not something a test should reproduce by chance.
 
     ``check``: after the resets and before ``func``, the child looks for what the guard names
     (:func:`postfork.check`); :meth:`Child.result` raises :class:`FindingsError` if it found
@@ -147,21 +150,69 @@ def fork_child(func: Callable[..., Any], *args: Any, reset: bool = True, check: 
         finally:
             os._exit(code)
     os.close(write_fd)
-    if pid < 0:
-        os.close(read_fd)
-        raise OSError(ctypes.get_errno(), "fork() failed")
     return Child(pid, read_fd, check)
 
 
 def _fork_without_hooks() -> int:
-    """libc's fork(): no PyOS_AfterFork_Child, hence no at-fork hook in the child."""
-    # PyDLL, not CDLL: the GIL stays held across the call, as in os.fork() (a child forked while
-    # another thread held it could never take it back). Give the GIL away and take it
-    # back first: a thread that had been waiting for it then needs 5 ms before it may ask for a
-    # forced switch, and a child forked with such a request pending (from a thread that does
-    # not exist in the child) would wait for that switch forever, since nothing clears it there.
-    time.sleep(0.001)
-    return int(ctypes.PyDLL(None, use_errno=True).fork())
+    """``os.fork()`` with every ``os.register_at_fork`` hook left out, in parent and child.
+
+    Not libc's ``fork()`` through ctypes: that skips ``PyOS_AfterFork_Child`` altogether, and
+    the child then keeps the GIL's mutex and condition variable exactly as the parent's threads
+    left them. A parent thread waiting for the GIL at that instant (a PyMongo monitor, a
+    MockupDB server thread) is still counted as a waiter of the GIL's condition variable in the
+    child, where it does not exist: the child's first release of the GIL then blocks forever in
+    ``pthread_cond_signal`` (seen with gdb in hung children: ``drop_gil`` ->
+    ``__condvar_quiesce_and_switch_g1``), about 1 fork in 25 in the PyMongo tests.
+    ``os.fork()`` re-initialises the GIL and the thread states in the child; emptying the hook
+    lists for the duration of the call keeps every library's at-fork hook out of it, which is
+    what the tests that use ``hooks=False`` are about.
+    """
+    lists = _at_fork_hook_lists()
+    saved = [hooks[:] for hooks in lists]
+    for hooks in lists:
+        hooks.clear()
+    try:
+        return os.fork()
+    finally:  # in both processes: the child's own forks run the hooks again
+        for hooks, before in zip(lists, saved):
+            hooks[:0] = before  # ahead of any hook another thread registered meanwhile
+
+
+_hook_lists: List[List[Any]] = []
+
+
+def _before_marker() -> None:
+    """Registered once as each kind of at-fork hook, to find the interpreter's three lists."""
+
+
+def _parent_marker() -> None:
+    """See :func:`_before_marker`."""
+
+
+def _child_marker() -> None:
+    """See :func:`_before_marker`."""
+
+
+def _at_fork_hook_lists() -> List[List[Any]]:
+    """The interpreter's ``before``, ``after_in_parent`` and ``after_in_child`` hook lists.
+
+    ``os.register_at_fork`` appends to three plain lists that the interpreter holds and
+    ``os.fork()`` reads on each call. They have no Python name: each is found, once, as the
+    only list that refers to a marker function registered into it.
+    """
+    if not _hook_lists:
+        markers = (_before_marker, _parent_marker, _child_marker)
+        os.register_at_fork(before=markers[0], after_in_parent=markers[1], after_in_child=markers[2])
+        found = []
+        for marker in markers:
+            lists = [o for o in gc.get_referrers(marker)
+                     if type(o) is list and any(item is marker for item in o)]
+            if len(lists) != 1:
+                raise RuntimeError("postfork.testing: cannot find the interpreter's at-fork hook "
+                                   f"lists (found {len(lists)} for {marker.__name__})")
+            found.append(lists[0])
+        _hook_lists[:] = found
+    return _hook_lists
 
 
 def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 60.0, reset: bool = True,

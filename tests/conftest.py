@@ -15,7 +15,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# A Redis database of the suite's own: other programs on these machines FLUSHDB database 0.
+# Every test, and every server a test starts, derives its URL from this one.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/postfork_test")

@@ -120,17 +120,25 @@ GETS = 5000
 CHILDREN = 3
 
 
-def _hammer(client: "redis.Redis", key: str, value: bytes, gate: Gate) -> Tuple[int, int]:
-    """GET own key GETS times; (replies that were not our value, errors)."""
+def _hammer(client: "redis.Redis", key: str, value: bytes, gate: Gate) -> Tuple[int, int, int]:
+    """GET own key GETS times; (crossed, missing, errors).
+
+    Crossed: a reply that is another process's (its value, or the answer to its command); a
+    missing key (``None``) is no such evidence and is counted apart, so that a flush of the
+    database cannot pass for crossing."""
     gate.wait()
-    crossed = errors = 0
+    crossed = missing = errors = 0
     for _ in range(GETS):
         try:
-            if client.get(key) != value:
-                crossed += 1
+            reply = client.get(key)
         except redis.RedisError:  # a reply stolen by another process: we time out
             errors += 1
-    return crossed, errors
+            continue
+        if reply is None:
+            missing += 1
+        elif reply != value:
+            crossed += 1
+    return crossed, missing, errors
 
 
 def _single_client(url: str) -> "redis.Redis":
@@ -161,18 +169,18 @@ def test_single_connection_client_unmanaged_crosses_replies(redis_url: str,
     finally:
         gate.close()
         client.close()
-    crossed = sum(c for c, _ in results)
+    crossed = sum(c for c, _, _ in results)
     assert crossed > 0, f"expected crossed replies on a shared socket, got {results}"
 
 
 def _hammer_and_park(client: "redis.Redis", key: str, value: bytes, gate: Gate, tag: str,
-                     parked_w: int, release: Gate) -> Tuple[int, int, int]:
-    crossed, errors = _hammer(client, key, value, gate)
+                     parked_w: int, release: Gate) -> Tuple[Tuple[int, int, int], int]:
+    counts = _hammer(client, key, value, gate)
     client_id = client.client_id()
     client.client_setname(f"{tag}-{os.getpid()}")
     os.write(parked_w, f"{client_id}\n".encode())
     release.wait()  # stay connected while the parent reads CLIENT LIST
-    return crossed, errors, client_id
+    return counts, client_id
 
 
 @pytest.mark.parametrize("explicit_reset", [True, False], ids=["reset_all", "at_fork_hook_only"])
@@ -191,7 +199,7 @@ def test_single_connection_client_registered_never_crosses(
                                reset=explicit_reset) for i in range(CHILDREN)]
         gate.open(CHILDREN)
         os.write(gate.w, b"x")
-        parent_crossed, parent_errors = _hammer(client, *keys[0], gate)
+        parent_counts = _hammer(client, *keys[0], gate)
         client.client_setname(f"{tag}-{os.getpid()}")
         child_ids = [int(line) for line in read_lines(parked_r, CHILDREN)]
         # The server's view while all four are connected: four connections, four ids.
@@ -203,9 +211,13 @@ def test_single_connection_client_registered_never_crosses(
             os.close(fd)
         gate.close()
         release.close()
-    assert (parent_crossed, parent_errors) == (0, 0)
-    assert [(c, e) for c, e, _ in results] == [(0, 0)] * CHILDREN
-    assert sorted(cid for _, _, cid in results) == sorted(child_ids)
+    counts = [parent_counts] + [c for c, _ in results]
+    assert [crossed for crossed, _, _ in counts] == [0] * (CHILDREN + 1), counts
+    assert [errors for _, _, errors in counts] == [0] * (CHILDREN + 1), counts
+    # Every GET found its key, so any crossed reply would have shown as another's value.
+    assert [missing for _, missing, _ in counts] == [0] * (CHILDREN + 1), (
+        f"keys of {tag} vanished from {redis_url} during the run (flushed?): {counts}")
+    assert sorted(cid for _, cid in results) == sorted(child_ids)
     ids = [parent_id] + child_ids
     assert len(set(ids)) == CHILDREN + 1, ids
     assert client.client_id() == parent_id  # the parent's connection survived every child

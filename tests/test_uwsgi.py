@@ -66,10 +66,11 @@ def test_without_the_integration_workers_keep_the_masters_connection(servers, tm
     assert {r["clients"]["sqlite"]["id"] for r in responses} == {master["sqlite"]}
 
 
-# Without --py-call-uwsgi-fork-hooks uWSGI forks while any Python thread of the master may
-# hold the GIL, and the worker then hangs before running any Python (unbit/uwsgi#1149,
-# #1369; seen here with psycopg_pool's threads in 2 of 80 four-worker starts under load). So the
-# psycopg pool, whose worker threads run in the master, is used only with that flag.
+# Without --py-call-uwsgi-fork-hooks uWSGI does not re-initialise the GIL in a worker: one
+# forked while a Python thread of the master holds the GIL, or waits for it, hangs for good
+# (unbit/uwsgi#1149, #1369, #2387; seen here with psycopg_pool's threads in 2 of 80 four-worker
+# starts under load; README, uWSGI). So the psycopg pool, whose worker threads run in the
+# master, is used only with that flag.
 @pytest.mark.parametrize("flags,clients", [
     ((), ("redis", "sqlite")),
     (("--py-call-osafterfork",), ("redis", "sqlite")),

@@ -11,7 +11,7 @@ from celery import Celery
 import postfork
 import postfork.integrations.celery  # noqa: F401
 
-URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")  # the suite's database (conftest)
 QUEUE = os.environ.get("POSTFORK_TEST_QUEUE", "postfork-guard-test")
 
 app = Celery("celery_app", broker=URL, backend=URL)

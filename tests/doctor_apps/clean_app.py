@@ -6,7 +6,7 @@ import redis
 
 import postfork
 
-URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")  # the suite's database (conftest)
 
 cache = postfork.register(redis.Redis.from_url(URL, single_connection_client=True))
 cache.ping()
