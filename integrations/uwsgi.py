@@ -20,8 +20,9 @@ per process either way (and likewise with ``--py-call-uwsgi-fork-hooks``). Under
 
 If the master runs Python threads when uWSGI forks (psycopg_pool's workers, PyMongo's
 monitors), start uWSGI with ``--py-call-uwsgi-fork-hooks``: without it uWSGI may fork while
-one of those threads holds the GIL, and the worker hangs before any Python code runs, this
-hook included (unbit/uwsgi#1149). That is uWSGI's to fix; postfork cannot run earlier.
+one of those threads holds or waits for the GIL, and the worker hangs for good, before this
+hook can run or at its first blocking call (unbit/uwsgi#1149). That is uWSGI's to fix; postfork
+cannot run earlier, and warns in every worker when the master ran threads without the flag.
 
 In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a worker whose reset
 failed exits before serving anything, with uWSGI's "failed loading app" code (22): the master
@@ -96,7 +97,7 @@ def _warn_if_the_master_ran_threads() -> None:
         _log(f"postfork: WARNING: the uWSGI master ran {len(others)} Python thread"
              f"{'' if len(others) == 1 else 's'} ({', '.join(others[:5])}) when it forked worker "
              f"{os.getpid()}, and uWSGI was started without --py-call-uwsgi-fork-hooks: a worker "
-             f"forked while one of them holds the GIL hangs before any Python runs "
+             f"forked while one of them holds or waits for the GIL hangs for good "
              f"(unbit/uwsgi#1149). Start uWSGI with --py-call-uwsgi-fork-hooks.")
 
 

@@ -230,6 +230,13 @@ def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reporte
         fix = ("register the client that owns it (postfork.register(client), with reset= for a "
                "type postfork does not know), or register the socket itself: "
                "postfork.register(sock) closes the worker's copy")
+        if origin is None:
+            # Seen with connection pools: a connection a pool's thread was still opening when
+            # the master forked belongs to no object in the worker (only to that thread's stack).
+            text += (" No object of the worker holds it: it may be a connection a thread of the "
+                     "master was still opening at fork (a pool's worker thread).")
+            fix += ("; for a pool, let it finish connecting before the server forks "
+                    "(psycopg_pool: pool.wait())")
         found.append(Finding("socket", text, site, master, fix, info.peer or ""))
     return found
 
