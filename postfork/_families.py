@@ -113,6 +113,14 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("psycopg2.pool.AbstractConnectionPool"),
              calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
     )),
+    Family("pika", ("pika",), (
+        # retired in the child (pika cannot reconnect; a channel is server-side state)
+        Kind("pika.adapters.blocking_connection.BlockingConnection", "pika:connection",
+             track=_self("pika.adapters.blocking_connection.BlockingConnection"),
+             calls="pika.BlockingConnection(params)"),
+        Kind("pika.adapters.blocking_connection.BlockingChannel", "pika:channel",
+             calls="pika.BlockingConnection(params).channel()"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
