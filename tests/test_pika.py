@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 from urllib.parse import unquote, urlparse
 
 import pytest
 
 import postfork
+from _alarm import StillWaiting, alarm
 from _locks import held_by_a_parent_thread
 from postfork import _guard
 from postfork.testing import fork_child, run_in_child
@@ -117,27 +116,9 @@ def test_unmanaged_child_close_drops_the_masters_connection(amqp_url: str,
         channel.basic_publish("", "postfork-test-nowhere", b"x")
         conn.process_data_events(0.5)
     assert conn.is_open  # pika never learned it
-    with pytest.raises(_StillWaiting):
-        with _alarm(3.0):
+    with pytest.raises(StillWaiting):
+        with alarm(3.0):
             conn.close()
-
-
-class _StillWaiting(Exception):
-    pass
-
-
-@contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    def ring(*_: Any) -> None:
-        raise _StillWaiting(f"still waiting after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_unmanaged_child_takes_the_masters_deliveries(amqp_url: str, consuming: Any) -> None:

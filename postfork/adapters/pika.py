@@ -38,38 +38,16 @@ Nothing is sent, no ``shutdown()``, no ``epoll_ctl`` on the parent's instance.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Iterable, List
 
 from .._contract import Adapter
 from .._locks import renew
-from ._retire import retire_fd, retire_methods
+from ._retire import public_methods, retire_fd, retire_methods
 
 __all__ = ["reset_connection", "reset_channel"]
 
 CONNECTION_CALLS = "pika.BlockingConnection(params)"
 CHANNEL_CALLS = "pika.BlockingConnection(params).channel()"
-
-_methods: Dict[type, Tuple[str, ...]] = {}
-
-
-def _public_methods(cls: type) -> Tuple[str, ...]:
-    """The public methods of ``cls`` (along its MRO), ``close`` excepted: what an application
-    calls. Properties (``is_open``...) stay pika's own and read the state marked closed."""
-    names = _methods.get(cls)
-    if names is None:
-        found: List[str] = []
-        for klass in cls.__mro__:
-            if klass is object:
-                continue
-            for name, value in vars(klass).items():
-                if (name.startswith("_") or name == "close" or name in found
-                        or isinstance(value, (property, type, classmethod, staticmethod))
-                        or not callable(value)):
-                    continue
-                found.append(name)
-        names = _methods[cls] = tuple(found)
-    return names
-
 
 def _descriptors(impl: Any) -> Iterable[int]:
     """Every descriptor of the parent's that the connection implementation references: the
@@ -105,7 +83,7 @@ def _retire_channel(channel: Any) -> None:
     impl = getattr(channel, "_impl", None)
     if impl is not None:
         impl._state = impl.CLOSED  # this process's copy: is_open False, pika refuses use
-    retire_methods(channel, _public_methods(type(channel)), CHANNEL_CALLS,
+    retire_methods(channel, public_methods(type(channel)), CHANNEL_CALLS,
                    pika.exceptions.ChannelWrongStateError)
     channel.close = _closed
 
@@ -130,7 +108,7 @@ def reset_connection(conn: Any) -> None:
                 channel_impl._state = channel_impl.CLOSED
     # A parent thread inside add_callback_threadsafe() at fork holds this lock forever here.
     renew(conn, "_cleanup_mutex")
-    retire_methods(conn, _public_methods(type(conn)), CONNECTION_CALLS,
+    retire_methods(conn, public_methods(type(conn)), CONNECTION_CALLS,
                    pika.exceptions.ConnectionWrongStateError)
     conn.close = _closed
     conn.__dict__["_postfork_retired"] = pid
