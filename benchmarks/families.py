@@ -26,6 +26,7 @@ from _table import Row, fmt_ms, median, progress
 COMMAND = "python benchmarks/run.py families"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 class Spec:
@@ -66,9 +67,46 @@ def _psycopg_pool_call(pool: Any) -> Any:
         return conn.execute("SELECT 1").fetchone()
 
 
+def _pika_channel() -> Any:
+    from urllib.parse import unquote, urlparse
+
+    import pika
+
+    url = urlparse(AMQP_URL)  # written kombu's way: a path of "//" is the vhost "/"
+    params = pika.ConnectionParameters(
+        host=url.hostname or "127.0.0.1", port=url.port or 5672,
+        virtual_host=unquote(url.path[1:]) if len(url.path) > 1 else "/",
+        credentials=pika.PlainCredentials(url.username or "guest", url.password or "guest"))
+    channel = pika.BlockingConnection(params).channel()
+    channel.basic_qos(prefetch_count=1)
+    return channel
+
+
+def _pika_local(channel: Any) -> Any:
+    """A registered BlockingConnection is retired in the worker (no call to time there): the
+    usage postfork documents for pika is one per process, ``postfork.local``."""
+    import postfork
+
+    channel.connection.close()
+    return postfork.local(_pika_channel)
+
+
+def _kombu() -> Any:
+    import kombu
+
+    conn = kombu.Connection(AMQP_URL)
+    conn.default_channel.basic_qos(0, 1, False)
+    return conn
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
+    Spec("pika", "pika `BlockingConnection` channel, as a `postfork.local`", _pika_channel,
+         lambda ch: ch.basic_qos(prefetch_count=1), close=lambda ch: ch.connection.close(),
+         register=_pika_local),
+    Spec("kombu", "kombu `Connection` (py-amqp)", _kombu,
+         lambda conn: conn.default_channel.basic_qos(0, 1, False), close=lambda c: c.release()),
 ]
 
 
