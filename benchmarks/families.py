@@ -29,6 +29,7 @@ POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5
 MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 class Spec:
@@ -144,6 +145,36 @@ def _nats() -> Any:
     client = _in_loop(nats.connect(NATS_URL))
     _in_loop(client.flush())
     return client
+def _pika_channel() -> Any:
+    from urllib.parse import unquote, urlparse
+
+    import pika
+
+    url = urlparse(AMQP_URL)  # written kombu's way: a path of "//" is the vhost "/"
+    params = pika.ConnectionParameters(
+        host=url.hostname or "127.0.0.1", port=url.port or 5672,
+        virtual_host=unquote(url.path[1:]) if len(url.path) > 1 else "/",
+        credentials=pika.PlainCredentials(url.username or "guest", url.password or "guest"))
+    channel = pika.BlockingConnection(params).channel()
+    channel.basic_qos(prefetch_count=1)
+    return channel
+
+
+def _pika_local(channel: Any) -> Any:
+    """A registered BlockingConnection is retired in the worker (no call to time there): the
+    usage postfork documents for pika is one per process, ``postfork.local``."""
+    import postfork
+
+    channel.connection.close()
+    return postfork.local(_pika_channel)
+
+
+def _kombu() -> Any:
+    import kombu
+
+    conn = kombu.Connection(AMQP_URL)
+    conn.default_channel.basic_qos(0, 1, False)
+    return conn
 
 
 SPECS: List[Spec] = [
@@ -156,6 +187,11 @@ SPECS: List[Spec] = [
     Spec("paho", "paho-mqtt `Client` (loop_start, QoS 1 publish)", _paho, _paho_call, _paho_close),
     Spec("nats", "nats-py `Client` (flush: PING/PONG)", _nats, lambda c: _in_loop(c.flush()),
          lambda c: _in_loop(c.close())),
+    Spec("pika", "pika `BlockingConnection` channel, as a `postfork.local`", _pika_channel,
+         lambda ch: ch.basic_qos(prefetch_count=1), close=lambda ch: ch.connection.close(),
+         register=_pika_local),
+    Spec("kombu", "kombu `Connection` (py-amqp)", _kombu,
+         lambda conn: conn.default_channel.basic_qos(0, 1, False), close=lambda c: c.release()),
 ]
 
 

@@ -137,6 +137,30 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("nats.aio.client.Client", "nats:client", track=_self("nats.aio.client.Client"),
              calls="nats.aio.client.Client()"),
     )),
+    Family("pika", ("pika",), (
+        # retired in the child (pika cannot reconnect; a channel is server-side state)
+        Kind("pika.adapters.blocking_connection.BlockingConnection", "pika:connection",
+             track=_self("pika.adapters.blocking_connection.BlockingConnection"),
+             calls="pika.BlockingConnection(params)"),
+        Kind("pika.adapters.blocking_connection.BlockingChannel", "pika:channel",
+             calls="pika.BlockingConnection(params).channel()"),
+    )),
+    Family("kombu", ("kombu", "amqp", "vine"), (
+        # PooledConnection is a subclass: built by kombu's pools, tracked through this __new__
+        Kind("kombu.connection.Connection", "kombu:connection",
+             track=_self("kombu.connection.Connection"), calls="kombu.Connection(url)"),
+        # a virtual transport's channel (redis, ...) holds that family's clients: tracked as a
+        # leaf so that they belong to the kombu Connection whose method opened the channel
+        Kind("kombu.transport.virtual.base.Channel", "kombu:channel",
+             track=_self("kombu.transport.virtual.base.Channel"), leaf=True,
+             calls="connection.channel()"),
+        # a producer that published in the master holds the master's channel: a finding unless
+        # registered (its reset revives it on its reset connection)
+        Kind("kombu.messaging.Producer", "kombu:producer", track=_self("kombu.messaging.Producer"),
+             calls="connection.Producer()"),
+        Kind("kombu.resource.Resource", "kombu:pool", calls="connection.Pool(limit)"),
+        Kind("kombu.pools.PoolGroup", "kombu:pool_group", calls="kombu.pools.connections"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

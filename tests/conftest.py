@@ -7,10 +7,12 @@ where it fails them.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import uuid
-from typing import Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 from urllib.parse import urlparse
 
 import pytest
@@ -99,6 +101,26 @@ def nats_url() -> str:
     if not _tcp_up(NATS_URL, 4222):
         _missing(f"NATS at {NATS_URL}", "connection refused")
     return NATS_URL
+
+
+@pytest.fixture(scope="session")
+def broker_connections(amqp_url: str) -> Callable[[], Dict[int, Dict[str, Any]]]:
+    """RabbitMQ's own list of its client connections (``rabbitmqctl list_connections``), keyed
+    by the client's local port: ``{port: {"connected_at", "recv_cnt", "state", ...}}``."""
+
+    def listing() -> Dict[int, Dict[str, Any]]:
+        done = subprocess.run(["rabbitmqctl", "-s", "list_connections", "peer_port", "connected_at",
+                               "recv_cnt", "state", "--formatter", "json"],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or f"exit status {done.returncode}")
+        return {row["peer_port"]: row for row in json.loads(done.stdout or "[]")}
+
+    try:
+        listing()
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        _missing("rabbitmqctl (RabbitMQ's list of connections)", repr(exc))
+    return listing
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Iterable
+from typing import Any, Dict, Iterable, List, Tuple
 
 from .._errors import retired_error
 
-__all__ = ["retire_fd", "retire_methods"]
+__all__ = ["retire_fd", "retire_methods", "public_methods"]
 
 
 def retire_fd(fd: int) -> None:
@@ -50,3 +50,26 @@ def retire_methods(obj: Any, names: Iterable[str], calls: str, *library_errors: 
 
     for name in names:
         setattr(obj, name, retired)
+
+
+_methods: Dict[type, Tuple[str, ...]] = {}
+
+
+def public_methods(cls: type) -> Tuple[str, ...]:
+    """The public methods of ``cls`` along its MRO, ``close`` excepted: what an application
+    calls on an object to use it (for :func:`retire_methods`). Properties are not methods:
+    they stay the library's own."""
+    names = _methods.get(cls)
+    if names is None:
+        found: List[str] = []
+        for klass in cls.__mro__:
+            if klass is object:
+                continue
+            for name, value in vars(klass).items():
+                if (name.startswith("_") or name == "close" or name in found
+                        or isinstance(value, (property, type, classmethod, staticmethod))
+                        or not callable(value)):
+                    continue
+                found.append(name)
+        names = _methods[cls] = tuple(found)
+    return names
