@@ -18,10 +18,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BIN = Path(sys.executable).parent
+
+
+def with_db(url: str, db: int) -> str:
+    """``url`` (redis://...) on Redis database ``db``: a test's own, never 0."""
+    return urlunparse(urlparse(url)._replace(path=f"/{db}"))
 
 
 def free_port() -> int:
