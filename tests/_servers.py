@@ -121,6 +121,23 @@ class Server:
         return self.proc.returncode
 
 
+def records(path: Path) -> List[Dict[str, Any]]:
+    """The JSON lines a test app appended to ``path`` (none yet: an empty list)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+
+def wait_for_records(server: Server, path: Path, role: str, count: int,
+                     timeout: float = 20.0) -> List[Dict[str, Any]]:
+    """Wait until ``path`` holds ``count`` records of ``role``; return them."""
+    server.wait_for(lambda: len([r for r in records(path) if r["role"] == role]) >= count,
+                    timeout, f"{count} {role!r} records in {path}")
+    return [r for r in records(path) if r["role"] == role]
+
+
 def wrong_answers(responses: Sequence[Dict[str, Any]]) -> List[str]:
     """Every answer that is not the number the request asked for, described."""
     wrong = []
