@@ -106,7 +106,7 @@ def test_unmanaged_processes_share_the_launchers_connections(dq: Dramatiq) -> No
     done = [r for r in rows if r["role"] == "message"]
     wrong = sum(r["wrong"] for r in done)
     errors = sum(len(r["errors"]) for r in done)
-    lost = 40 - len(done)  # hung on a reply another process read
+    lost = 40 - len(done)  # stuck on replies another process read
     assert wrong + errors + lost > 0, server.describe()
     assert {r.get("redis") for r in done} - {None} == {launcher["redis"]}
     assert {r.get("postgres") for r in done} - {None} == {launcher["postgres"]}
@@ -116,7 +116,7 @@ def test_unmanaged_processes_share_the_launchers_connections(dq: Dramatiq) -> No
                      rf"{launcher['pid']} \(the master\)", log), server.describe()
     assert "postfork guard: psycopg.Connection built at" in log
     print(f"Dramatiq, unmanaged: {wrong} wrong answers of {len(done) * 50} GETs, {errors} errors, "
-          f"{lost} of 40 messages hung")
+          f"{lost} of 40 messages unfinished after 6 s")
 
 
 def test_preloaded_app_two_processes_four_threads_each_their_own(dq: Dramatiq) -> None:
