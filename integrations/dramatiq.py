@@ -46,6 +46,7 @@ class Postfork(dramatiq.Middleware):
     """Dramatiq middleware: postfork's reset summary in each worker process (see the module)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     def after_process_boot(self, broker: Any) -> None:

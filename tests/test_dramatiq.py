@@ -97,7 +97,7 @@ def test_unmanaged_processes_share_the_launchers_connections(dq: Dramatiq) -> No
     """The hazard: 8 threads in 2 processes on the one redis connection and the one PostgreSQL
     session the launching process opened."""
     server = dq.start(PRELOAD, unmanaged=True)
-    dq.send(40, rounds=50)
+    dq.send(40, rounds=200, delay=0)
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline and len([r for r in records(dq.records) if r["role"] == "message"]) < 40:
         time.sleep(0.2)
@@ -108,14 +108,17 @@ def test_unmanaged_processes_share_the_launchers_connections(dq: Dramatiq) -> No
     errors = sum(len(r["errors"]) for r in done)
     lost = 40 - len(done)  # stuck on replies another process read
     assert wrong + errors + lost > 0, server.describe()
-    assert {r.get("redis") for r in done} - {None} == {launcher["redis"]}
-    assert {r.get("postgres") for r in done} - {None} == {launcher["postgres"]}
-    assert len({r["pid"] for r in done}) == 2
+    # the launcher's connections answered in the worker processes (crossed replies may add
+    # garbage to these sets, and a process can be stuck before recording anything)
+    if done:  # (all of them can be stuck)
+        assert launcher["redis"] in {r.get("redis") for r in done}
+        assert launcher["postgres"] in {r.get("postgres") for r in done}
+        assert launcher["pid"] not in {r["pid"] for r in done}
     log = server.log
     assert re.search(r"postfork guard: redis\.Redis built at \S*_threaded_app\.py:\d+ in pid "
                      rf"{launcher['pid']} \(the master\)", log), server.describe()
     assert "postfork guard: psycopg.Connection built at" in log
-    print(f"Dramatiq, unmanaged: {wrong} wrong answers of {len(done) * 50} GETs, {errors} errors, "
+    print(f"Dramatiq, unmanaged: {wrong} wrong answers of {len(done) * 200} GETs, {errors} errors, "
           f"{lost} of 40 messages unfinished after 6 s")
 
 

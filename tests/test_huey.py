@@ -107,8 +107,11 @@ def test_unmanaged_workers_share_the_consumers_connections(consumer: Consumer) -
     errors = sum(len(r["errors"]) for r in done)
     lost = 20 - len(done)
     assert wrong + errors + lost > 0, server.describe()
-    assert {r.get("redis") for r in done} - {None} == {main["redis"]}
-    assert {r.get("postgres") for r in done} - {None} == {main["postgres"]}
+    # the main process's connections answered in the workers (crossed replies may add garbage)
+    if done:  # (all of them can be stuck)
+        assert main["redis"] in {r.get("redis") for r in done}
+        assert main["postgres"] in {r.get("postgres") for r in done}
+        assert main["pid"] not in {r["pid"] for r in done}
     assert re.search(r"postfork guard: redis\.Redis built at \S*_threaded_app\.py:\d+ in pid "
                      rf"{main['pid']} \(the master\)", server.log), server.describe()
     print(f"Huey, unmanaged: {wrong} wrong answers of {len(done) * 200} GETs, {errors} errors, "
