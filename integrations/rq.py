@@ -42,8 +42,6 @@ from ._hook import default_guard, forked, log_findings, reset_and_log
 
 __all__ = ["Worker"]
 
-_log = logging.getLogger("rq.worker")
-
 
 class Worker(_Worker):
     """``rq.Worker`` that logs postfork's reset in every work horse (see the module)."""
