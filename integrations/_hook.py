@@ -7,12 +7,13 @@ Celery's worker log) rather than only on the ``postfork`` logger.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import postfork
 from postfork import ForkSafetyError, Report, ResetError
 
-__all__ = ["default_guard", "reset_and_log", "close_and_log"]
+__all__ = ["default_guard", "reset_and_log", "close_and_log", "forked", "log_findings"]
 
 Log = Callable[[str], object]
 
@@ -23,6 +24,31 @@ def default_guard() -> None:
     from postfork._guard import guard_default
 
     guard_default("warn")
+
+
+def forked() -> bool:
+    """True in a process that postfork's at-fork hook ran in: one forked (``os.fork``,
+    ``multiprocessing``'s fork context) from a process that had imported postfork, so it may
+    hold clients built by an ancestor.
+
+    False in the process that built the application and in a spawned process: their clients
+    are their own, and a reset would only drop good connections (and retire a bare database
+    connection). The job runners call their hooks in both kinds of process (Dramatiq's
+    ``after_process_boot`` under ``--use-spawn``, Huey's startup hooks for ``-k thread``
+    workers, RQ's ``work()`` under ``rq worker`` and in the processes of ``rq worker-pool``),
+    so they reset only where this is True.
+    """
+    from postfork._registry import REGISTRY
+
+    report = REGISTRY.state()[1]
+    return report is not None and report.pid == os.getpid()
+
+
+def log_findings(report: Report, warning: Log) -> None:
+    """Each guard finding of ``report`` as a warning in the runner's log: the guard's own
+    ``ForkSafetyWarning`` goes to stderr, which is not always where the runner logs."""
+    for finding in report.findings:
+        warning(f"postfork guard: {finding}")
 
 
 def reset_and_log(info: Log, error: Log) -> Report:

@@ -18,10 +18,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BIN = Path(sys.executable).parent
+
+
+def with_db(url: str, db: int) -> str:
+    """``url`` (redis://...) on Redis database ``db``: a test's own, never 0."""
+    return urlunparse(urlparse(url)._replace(path=f"/{db}"))
 
 
 def free_port() -> int:
@@ -113,6 +119,23 @@ class Server:
                 pass
             self._log_file.close()
         return self.proc.returncode
+
+
+def records(path: Path) -> List[Dict[str, Any]]:
+    """The JSON lines a test app appended to ``path`` (none yet: an empty list)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+
+def wait_for_records(server: Server, path: Path, role: str, count: int,
+                     timeout: float = 20.0) -> List[Dict[str, Any]]:
+    """Wait until ``path`` holds ``count`` records of ``role``; return them."""
+    server.wait_for(lambda: len([r for r in records(path) if r["role"] == role]) >= count,
+                    timeout, f"{count} {role!r} records in {path}")
+    return [r for r in records(path) if r["role"] == role]
 
 
 def wrong_answers(responses: Sequence[Dict[str, Any]]) -> List[str]:

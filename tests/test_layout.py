@@ -17,7 +17,8 @@ from typing import Dict, List, Set
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("redis", "pymongo", "bson", "sqlalchemy", "psycopg", "psycopg_pool", "psycopg2",
            "pymysql", "MySQLdb")
-SERVERS = ("gunicorn", "uwsgi", "uwsgidecorators", "celery", "billiard", "kombu")
+SERVERS = ("gunicorn", "uwsgi", "uwsgidecorators", "celery", "billiard", "kombu", "rq", "dramatiq",
+           "huey", "uvicorn", "uvicorn_worker")
 
 
 def _modules(package: str, folder: Path) -> Dict[str, Path]:

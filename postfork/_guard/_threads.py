@@ -35,8 +35,11 @@ class ThreadOrigin:
 
     @property
     def server(self) -> bool:
-        """Started by the prefork server for itself (Celery's timers, gunicorn's...)."""
-        return self.owner is None and is_server_site(self.file)
+        """Started by the prefork server for itself (Celery's timers, gunicorn's...), or by a
+        client the server built for itself (RQ's PubSub runs the worker's command thread)."""
+        if self.owner is None:
+            return is_server_site(self.file)
+        return is_server_site(self.owner.root().file)
 
 
 @dataclass(frozen=True)

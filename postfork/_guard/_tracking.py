@@ -52,7 +52,8 @@ _STDLIB_MODULES = ("socket", "ssl", "threading", "selectors", "asyncio", "concur
                    "contextlib", "functools")
 # A client whose creation site lies in one of these was built by the server for itself (Celery's
 # broker connection, kombu's redis client, gunicorn's arbiter): never a finding.
-_SERVERS = ("gunicorn", "uwsgidecorators", "celery", "billiard", "kombu", "amqp", "vine")
+_SERVERS = ("gunicorn", "uwsgidecorators", "celery", "billiard", "kombu", "amqp", "vine", "rq",
+            "dramatiq", "huey")
 
 _USER_PSEUDO_FILES = ("<string>", "<stdin>", "<console>", "<input>")
 

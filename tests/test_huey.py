@@ -1,0 +1,170 @@
+"""Huey, end to end: a real ``huey_consumer -k process`` (2 worker processes) on a RedisHuey of
+the test's own, running ``tests/_huey_app.py`` with ``postfork.integrations.huey.install``.
+The consumer imports the app in its main process and forks the workers: they inherit the
+clients it built. Tasks are enqueued from here; each records the redis ``CLIENT ID`` and the
+PostgreSQL ``pg_backend_pid()`` its process's connections report.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+import pytest
+
+from _servers import BIN, Server, records, wait_for_records, with_db
+
+huey = pytest.importorskip("huey")
+pytest.importorskip("psycopg")
+
+TESTS = Path(__file__).resolve().parent
+DB = 12  # a Redis database of its own: nothing another test flushes
+SUMMARY = re.compile(r"INFO:huey\.consumer:(\d+):postfork: reset (\d+) clients? in [\d.]+ ms "
+                     r"\(pid (\d+)\), 0 failed$", re.M)
+CLOSED = re.compile(r"postfork: closed 2 clients in [\d.]+ ms \(pid (\d+)\), 0 failed")
+STARTED = re.compile(r"Huey consumer started with")
+
+
+class Consumer:
+    def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
+        from huey import RedisHuey
+
+        self.tmp_path = tmp_path
+        self.url = with_db(redis_url, DB)
+        self.postgres_dsn = postgres_dsn
+        self.name = f"postfork-test-{uuid.uuid4().hex[:12]}"
+        self.records = tmp_path / f"{self.name}.jsonl"
+        self.huey = RedisHuey(self.name, url=self.url)  # to enqueue; the app is not imported here
+        self.server: Optional[Server] = None
+
+    def start(self, *args: str, unmanaged: bool = False, env: Optional[Dict[str, str]] = None,
+              argv: Optional[List[str]] = None) -> Server:
+        env = {"APP_REDIS_URL": self.url, "POSTGRES_DSN": self.postgres_dsn,
+               "POSTFORK_TEST_PREFIX": self.name, "POSTFORK_TEST_QUEUE": self.name,
+               "POSTFORK_TEST_RECORDS": str(self.records), "PYTHONPATH": str(TESTS),
+               "POSTFORK_TEST_UNMANAGED": "1" if unmanaged else "0", **(env or {})}
+        self.server = Server([*(argv or [str(BIN / "huey_consumer")]), "_huey_app.huey", *args],
+                             self.tmp_path / f"{self.name}.log", env=env, cwd=TESTS,
+                             stop_signal=signal.SIGINT)  # Huey's graceful shutdown
+        return self.server
+
+    def wait_started(self, count: int) -> None:
+        """Until ``count`` worker processes logged their startup line."""
+        assert self.server is not None
+        server = self.server
+        server.wait_for(lambda: len(re.findall(r"postfork: (reset|pid \d+ was not forked)",
+                                               server.log)) >= count, 30, "the workers to start")
+
+    def send(self, count: int, rounds: int = 20, delay: float = 0.1) -> None:
+        from huey.registry import Message
+
+        for n in range(count):
+            message = Message(id=str(uuid.uuid4()), name="_huey_app.whoami",
+                              args=(n, rounds, delay), kwargs={}, retries=0, retry_delay=0)
+            self.huey.storage.enqueue(self.huey.serializer.serialize(message))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.huey.storage.flush_all()  # this RedisHuey's own keys only
+        self.huey.storage.conn.close()
+
+
+@pytest.fixture
+def consumer(tmp_path: Path, redis_url: str, postgres_dsn: str) -> Iterator[Consumer]:
+    run = Consumer(tmp_path, redis_url, postgres_dsn)
+    yield run
+    run.close()
+
+
+def _by_process(rows: List[Dict[str, Any]]) -> Dict[int, Set[Tuple[Any, Any]]]:
+    seen: Dict[int, Set[Tuple[Any, Any]]] = defaultdict(set)
+    for r in rows:
+        seen[r["pid"]].add((r.get("redis"), r.get("postgres")))
+    return dict(seen)
+
+
+def test_unmanaged_workers_share_the_consumers_connections(consumer: Consumer) -> None:
+    """The hazard: both worker processes on the one redis connection and the one PostgreSQL
+    session the consumer's main process opened at import."""
+    server = consumer.start("-k", "process", "-w", "2", unmanaged=True)
+    consumer.wait_started(2)
+    consumer.send(20, rounds=200, delay=0)
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and len([r for r in records(consumer.records)
+                                               if r["role"] == "message"]) < 20:
+        time.sleep(0.2)
+    rows = records(consumer.records)
+    (main,) = [r for r in rows if r["role"] == "import"]
+    done = [r for r in rows if r["role"] == "message"]
+    wrong = sum(r["wrong"] for r in done)
+    errors = sum(len(r["errors"]) for r in done)
+    lost = 20 - len(done)
+    assert wrong + errors + lost > 0, server.describe()
+    # the main process's connections answered in the workers (crossed replies may add garbage)
+    if done:  # (all of them can be stuck)
+        assert main["redis"] in {r.get("redis") for r in done}
+        assert main["postgres"] in {r.get("postgres") for r in done}
+        assert main["pid"] not in {r["pid"] for r in done}
+    assert re.search(r"postfork guard: redis\.Redis built at \S*_threaded_app\.py:\d+ in pid "
+                     rf"{main['pid']} \(the master\)", server.log), server.describe()
+    print(f"Huey, unmanaged: {wrong} wrong answers of {len(done) * 200} GETs, {errors} errors, "
+          f"{lost} of 20 tasks unfinished after 6 s")
+
+
+def test_each_worker_process_has_its_own_connections(consumer: Consumer) -> None:
+    server = consumer.start("-k", "process", "-w", "2")
+    consumer.wait_started(2)
+    consumer.send(20)
+    done = wait_for_records(server, consumer.records, "message", 20)
+    (main,) = [r for r in records(consumer.records) if r["role"] == "import"]
+
+    assert all(r["wrong"] == 0 and r["errors"] == [] for r in done), done
+    seen = _by_process(done)
+    assert len(seen) == 2 and main["pid"] not in seen, seen
+    assert all(len(pairs) == 1 for pairs in seen.values()), seen
+    ids = [pair for pairs in seen.values() for pair in pairs]
+    assert len({i[0] for i in ids}) == 2 and main["redis"] not in {i[0] for i in ids}
+    assert len({i[1] for i in ids}) == 2 and main["postgres"] not in {i[1] for i in ids}
+    log = server.log
+    summaries = {int(pid): int(n) for logged_by, n, pid in SUMMARY.findall(log) if logged_by == pid}
+    assert summaries == {pid: 2 for pid in seen}, server.describe()
+    assert "ForkSafetyWarning" not in log and "postfork guard:" not in log
+
+    assert server.stop() == 0
+    assert sorted(int(pid) for pid in CLOSED.findall(server.log)) == sorted(seen), server.describe()
+
+
+def test_thread_workers_reset_nothing(consumer: Consumer) -> None:
+    """``-k thread``: the workers are threads of the process that built the clients; the
+    startup hook must not reset (it would drop that process's own connections)."""
+    server = consumer.start("-k", "thread", "-w", "2")
+    consumer.wait_started(2)
+    consumer.send(6)
+    done = wait_for_records(server, consumer.records, "message", 6)
+    (main,) = [r for r in records(consumer.records) if r["role"] == "import"]
+    assert _by_process(done) == {main["pid"]: {(main["redis"], main["postgres"])}}
+    assert all(r["wrong"] == 0 and r["errors"] == [] for r in done)
+    log = server.log
+    assert log.count(f"postfork: pid {main['pid']} was not forked") == 2 and not SUMMARY.search(log)
+    assert server.stop() == 0
+    assert not CLOSED.search(server.log)  # nor close them
+
+
+def test_strict_mode_keeps_the_worker_from_taking_tasks(consumer: Consumer) -> None:
+    server = consumer.start(
+        "-k", "process", "-w", "1",
+        argv=[sys.executable, "-c", "import sys, _broken; from huey.bin.huey_consumer import "
+              "consumer_main; sys.argv[0] = 'huey_consumer'; consumer_main()"],
+        env={"POSTFORK_STRICT": "1"})
+    server.wait_for(lambda: "exits without taking a task" in server.log, 30, "the worker to exit")
+    log = server.log
+    assert "postfork: reset of broken-client failed" in log, server.describe()
+    assert re.search(r"CRITICAL:huey\.consumer:\d+:postfork: strict mode: worker process \d+ "
+                     r"exits without taking a task", log)
