@@ -17,7 +17,7 @@ from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from .. import _settings
 from .._errors import ConfigError, ForkSafetyError, ForkSafetyWarning
-from .._lookup import calls_for, find_adapter, type_name
+from .._lookup import calls_for, find_adapter, fix_for, type_name
 from .._registry import REGISTRY, log, run_one
 from .._report import Entry, Finding, Report
 from . import _fds, _inventory, _threads, _tracking
@@ -138,7 +138,8 @@ def _client_finding(obj: Any, origin: _tracking.Origin, here: int) -> Finding:
         text = (f"{name} built {where} in pid {origin.pid} (the master) reached pid {here} "
                 f"unmanaged: this worker shares its connections with the master and every "
                 f"other worker.")
-    return Finding("client", text, site, origin.pid, _FIX_CLIENT.format(calls=calls_for(obj)), name)
+    fix = fix_for(obj) or _FIX_CLIENT.format(calls=calls_for(obj))
+    return Finding("client", text, site, origin.pid, fix, name)
 
 
 def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here: int,
