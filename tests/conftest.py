@@ -1,4 +1,5 @@
-"""Real services for the suite: Redis, PostgreSQL, RabbitMQ on this machine, MockupDB for MongoDB.
+"""Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ on this machine, MockupDB
+for MongoDB.
 
 A missing service skips its tests with the reason, unless POSTFORK_REQUIRE_SERVICES=1 (CI),
 where it fails them.
@@ -17,6 +18,7 @@ import pytest
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+MARIADB_URL = os.environ.get("MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
@@ -54,6 +56,19 @@ def postgres_dsn() -> str:
     except Exception as exc:
         _missing(f"PostgreSQL at {POSTGRES_DSN}", repr(exc))
     return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    MySQLdb = pytest.importorskip("MySQLdb")
+    u = urlparse(MARIADB_URL)
+    try:
+        MySQLdb.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+                        password=u.password or "", database=u.path.lstrip("/") or "test",
+                        connect_timeout=2).close()
+    except Exception as exc:
+        _missing(f"MariaDB at {MARIADB_URL}", repr(exc))
+    return MARIADB_URL
 
 
 @pytest.fixture(scope="session")
