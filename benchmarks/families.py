@@ -66,9 +66,37 @@ def _psycopg_pool_call(pool: Any) -> Any:
         return conn.execute("SELECT 1").fetchone()
 
 
+def _django_connections() -> Any:
+    """A ``ConnectionHandler`` of its own (as ``django.db.connections``), connected."""
+    from urllib.parse import urlparse
+
+    import django
+    from django.conf import settings
+    from django.db.utils import ConnectionHandler
+
+    if not settings.configured:
+        settings.configure(USE_TZ=True, DATABASES={})
+        django.setup()
+    u = urlparse(POSTGRES_DSN)
+    handler = ConnectionHandler({"default": {
+        "ENGINE": "django.db.backends.postgresql", "NAME": u.path.lstrip("/"),
+        "USER": u.username or "", "PASSWORD": u.password or "", "HOST": u.hostname or "",
+        "PORT": str(u.port or 5432), "CONN_MAX_AGE": None}})
+    _django_call(handler)
+    return handler
+
+
+def _django_call(handler: Any) -> Any:
+    with handler["default"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
+    Spec("django", "Django `connections` (PostgreSQL)", _django_connections, _django_call,
+         close=lambda handler: handler.close_all()),
 ]
 
 

@@ -419,9 +419,11 @@ def _project_env(tmp_path: Path, integration: bool, **extra: str) -> Dict[str, s
 
 def _gunicorn(servers: List[Server], tmp_path: Path, integration: bool) -> Server:
     port = free_port()
+    # --timeout bounds a worker that waits for a reply another process took (the hazard run)
     argv = [str(BIN / "gunicorn"), "--preload", "-w", "4", "-b", f"127.0.0.1:{port}",
             "-c", str(TESTS / "django_app" / "gunicorn_conf.py"), "--no-control-socket",
-            "--timeout", "10", "--graceful-timeout", "5", "django_app.wsgi:application"]
+            "--timeout", "10" if integration else "4", "--graceful-timeout", "5",
+            "django_app.wsgi:application"]
     server = Server(argv, tmp_path / f"gunicorn-{port}.log", port=port, cwd=TESTS,
                     env=_project_env(tmp_path, integration))
     servers.append(server)
@@ -515,9 +517,9 @@ def test_gunicorn_preload_unmanaged_hazard(services: None, servers: List[Server]
     responses = _hammer(server, 200)
 
     tally = _tally(responses)
-    shared = {name: sorted(pid for pid, s in by_worker.items()
+    shared = {name: sorted(pid for pid, s in tally["used"].get(name, {}).items()
                            if master["clients"][name]["id"] in s)
-              for name, by_worker in tally["used"].items()}
+              for name in master["clients"]}
     again = _master_again(server, tmp_path)
     print(f"\nunmanaged Django under gunicorn --preload, 200 requests: wrong {dict(tally['wrong'])}, "
           f"errors {dict(tally['errors'])}, workers on the master's session {shared}, "

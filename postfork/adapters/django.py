@@ -74,6 +74,7 @@ _held: List[Any] = []
 # DBAPI connections no adapter knows and that expose no descriptor to retire: never finalized
 # here (their finalizer could say goodbye on the parent's socket).
 _kept: List[Any] = []
+_looked_up: "weakref.WeakSet[type]" = weakref.WeakSet()
 
 
 # -- what Django holds -----------------------------------------------------------------------
@@ -149,32 +150,48 @@ def _make_mine(obj: Any) -> None:
 
 def _retire_dbapi(conn: Any) -> None:
     """Retire an inherited DBAPI connection without a byte on its socket: with its driver's
-    adapter (the family table's: psycopg, psycopg2, MySQLdb, ...), else by its descriptor."""
+    adapter (the family table's: psycopg, psycopg2, MySQLdb, ...), else by its descriptor; then
+    close it, which the driver does into the dead socket, freeing the descriptor number."""
     found = find_adapter(type(conn))
     if found is not None:
         found.reset(conn)
+        retired = found.retires
+    else:
+        retired = _retire_by_fileno(conn)
+    if not retired:
+        _kept.append(conn)  # nothing known to retire it: never let its finalizer run here
         return
+    if getattr(conn, "_pool", None) is not None:  # psycopg: a connection of Django's pool
+        conn._pool = None  # closed here, never handed back to the (reset) pool
+    try:
+        conn.close()
+    except Exception:  # a retired connection may refuse; the retirement is what matters
+        pass
+
+
+def _retire_by_fileno(conn: Any) -> bool:
     # TODO: MySQLdb (mysqlclient, Django's MySQL/MariaDB backend) has no adapter of its own in
     # the family table yet. mysqlclient's fileno() names libmariadb's socket: retiring it makes
     # the COM_QUIT of its close() or finalizer go into a dead socket. Any DBAPI connection with
-    # a fileno() is retired the same way.
+    # a fileno() is retired the same way. False: no descriptor known, nothing retired.
     fileno = getattr(conn, "fileno", None)
-    if callable(fileno):
-        try:
-            fd = fileno()
-        except Exception:  # closed already: the driver holds no socket
-            return
-        if isinstance(fd, int) and fd >= 0:
-            retire_fd(fd)
-            return
-    _kept.append(conn)  # nothing known to retire: never let its finalizer run here
+    if not callable(fileno):
+        return False
+    try:
+        fd = fileno()
+    except Exception:  # closed already: the driver holds no socket
+        return True
+    if isinstance(fd, int) and fd >= 0:
+        retire_fd(fd)
+        return True
+    return False
 
 
 def reset_database(wrapper: "BaseDatabaseWrapper") -> None:
     """Reset one ``DatabaseWrapper``: its inherited DBAPI connection is retired and dropped
     (Django connects again on first use), its lock renewed, its backend's pool reset."""
     if not _mine(wrapper):
-        renew(wrapper, "_thread_sharing_lock")
+        renew(wrapper, "_thread_sharing_lock")  # allow_thread_sharing takes it
         conn = wrapper.connection
         if conn is not None:
             _retire_dbapi(conn)
@@ -199,6 +216,7 @@ def _reset_pools(pools: Iterable[Any]) -> None:
 def reset_connections(handler: "ConnectionHandler") -> None:
     """Reset every wrapper of ``django.db.connections``: this thread's and those every other
     thread of the parent connected (held through the fork), and Django's pools."""
+    _renew_local_lock(handler._connections)  # asgiref < 3.8 locks a thread-critical Local too
     try:
         wrappers = _wrappers(handler)
         for wrapper in wrappers:
@@ -240,6 +258,11 @@ def _on_connection_created(sender: Any, connection: Any, **_: Any) -> None:
     pool = (getattr(type(connection), "_connection_pools", None) or {}).get(connection.alias)
     if pool is not None and pool not in _owner:
         _make_mine(pool)  # first seen here: built by this process
+    for obj in (connection.connection, pool):
+        if obj is not None and type(obj) not in _looked_up:
+            # Find (and import) the driver's adapter here, once, rather than in every worker.
+            _looked_up.add(type(obj))
+            find_adapter(type(obj))
 
 
 def _watch() -> None:
@@ -291,18 +314,25 @@ def reset_django_redis_cache(cache: Any) -> None:
 def reset_caches(handler: "CacheHandler") -> None:
     """Reset ``django.core.cache.caches``: the RLock of its context-local storage, this
     thread's caches (those of a known family), and django-redis's shared pools."""
-    local = handler._connections
-    try:
-        lock = object.__getattribute__(local, "_lock")
-    except AttributeError:
-        lock = None
-    new = fresh(lock) if lock is not None else None
-    if new is not None:
-        object.__setattr__(local, "_lock", new)  # Local's own __setattr__ would store a value
+    _renew_local_lock(handler._connections)
     for cache in _this_thread(handler):
         _reset_with_adapter(cache)
     for pool in _django_redis_pools():
         _reset_with_adapter(pool)
+
+
+def _renew_local_lock(local: Any) -> None:
+    """Renew the lock an ``asgiref.local.Local`` takes on every access (``_lock`` in asgiref
+    3.8+, ``_thread_lock`` before), set as Local itself does: its own ``__setattr__`` would
+    store a value in the storage instead."""
+    for name in ("_lock", "_thread_lock"):
+        try:
+            old = object.__getattribute__(local, name)
+        except AttributeError:
+            continue
+        new = fresh(old)
+        if new is not None:
+            object.__setattr__(local, name, new)
 
 
 def _manages_caches(handler: Any) -> Iterator[Any]:
