@@ -259,10 +259,17 @@ def _on_connection_created(sender: Any, connection: Any, **_: Any) -> None:
     if pool is not None and pool not in _owner:
         _make_mine(pool)  # first seen here: built by this process
     for obj in (connection.connection, pool):
-        if obj is not None and type(obj) not in _looked_up:
-            # Find (and import) the driver's adapter here, once, rather than in every worker.
-            _looked_up.add(type(obj))
-            find_adapter(type(obj))
+        if obj is not None:
+            _look_up(obj)
+
+
+def _look_up(obj: Any) -> None:
+    """Find (and import) the adapter for ``obj``'s type here, in the parent, once, rather than
+    in every worker's reset."""
+    cls = type(obj)
+    if cls not in _looked_up:
+        _looked_up.add(cls)
+        find_adapter(cls)
 
 
 def _watch() -> None:
@@ -342,6 +349,11 @@ def _manages_caches(handler: Any) -> Iterator[Any]:
     yield from _django_redis_pools()
 
 
+def _before_fork_caches(handler: Any) -> None:
+    for obj in _manages_caches(handler):
+        _look_up(obj)
+
+
 def _close_caches(handler: "CacheHandler") -> None:
     handler.close_all()
 
@@ -377,7 +389,8 @@ _release_at_fork()
 
 connections = Adapter(reset_connections, close=_close_connections, before_fork=_hold,
                       manages=_manages_connections)
-caches = Adapter(reset_caches, close=_close_caches, manages=_manages_caches)
+caches = Adapter(reset_caches, close=_close_caches, before_fork=_before_fork_caches,
+                manages=_manages_caches)
 proxy = Adapter(reset_proxy, close=_delegate("close"), before_fork=_delegate("before_fork"),
                 manages=_delegate("manages"))
 database = Adapter(reset_database)  # close(): Django's wrapper.close(), in the worker that exits
