@@ -227,8 +227,9 @@ def reset_connections(handler: "ConnectionHandler") -> None:
 
 
 def _hold(handler: Any) -> None:
-    """Before fork, in the parent: keep every connected wrapper alive through the fork."""
-    _held[:] = _wrappers(handler)
+    """Before fork, in the parent: keep every connected wrapper alive through the fork (the
+    forking thread's own survive it anyway). Takes no lock: a parent thread may hold any."""
+    _held[:] = list(_connected)
 
 
 def _release() -> None:
@@ -328,11 +329,23 @@ def reset_caches(handler: "CacheHandler") -> None:
         _reset_with_adapter(pool)
 
 
+_LOCAL_LOCKS = ("_lock", "_thread_lock")  # asgiref 3.8+, before
+
+
+def _local_lock(local: Any) -> Any:
+    for name in _LOCAL_LOCKS:
+        try:
+            return object.__getattribute__(local, name)
+        except AttributeError:
+            pass
+    return None
+
+
 def _renew_local_lock(local: Any) -> None:
     """Renew the lock an ``asgiref.local.Local`` takes on every access (``_lock`` in asgiref
     3.8+, ``_thread_lock`` before), set as Local itself does: its own ``__setattr__`` would
     store a value in the storage instead."""
-    for name in ("_lock", "_thread_lock"):
+    for name in _LOCAL_LOCKS:
         try:
             old = object.__getattribute__(local, name)
         except AttributeError:
@@ -350,8 +363,17 @@ def _manages_caches(handler: Any) -> Iterator[Any]:
 
 
 def _before_fork_caches(handler: Any) -> None:
-    for obj in _manages_caches(handler):
-        _look_up(obj)
+    """Before fork, in the parent: look the caches' adapters up here. Reading the caches takes
+    the storage's lock; if another thread holds it, skip rather than wait (the fork must go on)."""
+    lock = _local_lock(handler._connections)
+    if lock is not None and not lock.acquire(blocking=False):
+        return
+    try:
+        for obj in _manages_caches(handler):
+            _look_up(obj)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _close_caches(handler: "CacheHandler") -> None:
