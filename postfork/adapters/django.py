@@ -2,7 +2,7 @@
 and cache included; Django's psycopg pool (``OPTIONS={"pool": True}``); Django's ``RedisCache``
 and django-redis.
 
-What a forked child inherits, read from Django 5.2, asgiref 3 and django-redis 6/7:
+What a forked child inherits, read from Django 5.2, asgiref 3.13 and django-redis 7.0:
 
 - ``connections`` (a ``ConnectionHandler``) keeps its ``DatabaseWrapper`` objects in an
   ``asgiref.local.Local`` that is a thread-local: every thread builds its own wrapper per alias
