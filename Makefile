@@ -1,8 +1,8 @@
 # make test: set up .venv with every test dependency, then run the whole suite against the
-# real services (REDIS_URL, POSTGRES_DSN, RabbitMQ on 127.0.0.1; MockupDB for MongoDB).
+# real services (REDIS_URL, POSTGRES_DSN, MYSQL_URL, RabbitMQ on 127.0.0.1; MockupDB for MongoDB).
 # make demo: set up, then run the example app under gunicorn on an embedded default.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-test
 
@@ -10,7 +10,13 @@ STAMP  := $(VENV)/.installed-test
 
 venv: $(STAMP)
 
+# mysqlclient (MySQLdb) has no Linux wheel on PyPI: pip compiles it against MariaDB's client
+# library, found through pkg-config. On Debian, install both once (idempotent; root needed).
+DEB_BUILD_DEPS := pkg-config libmariadb-dev
+
 $(STAMP): pyproject.toml
+	dpkg -s $(DEB_BUILD_DEPS) >/dev/null 2>&1 || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_BUILD_DEPS); }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)

@@ -26,6 +26,9 @@ from _table import Row, fmt_ms, median, progress
 COMMAND = "python benchmarks/run.py families"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
 
 class Spec:
@@ -92,11 +95,95 @@ def _django_call(handler: Any) -> Any:
         return cursor.fetchone()
 
 
+def _mysql_local(module: str) -> Callable[[], Any]:
+    """A bare MySQL connection is retired in a worker: what an application uses instead is
+    ``postfork.local(lambda: <driver>.connect(...))``, built and used in the master. Its reset
+    in the child is the local's: forget the master's instance, retire it."""
+
+    def build() -> Any:
+        from urllib.parse import urlparse
+
+        import postfork
+
+        driver = __import__(module)
+        u = urlparse(MYSQL_URL)
+        kwargs = dict(host=u.hostname, port=u.port or 3306, user=u.username or "root",
+                      password=u.password or "", database=u.path.lstrip("/"))
+        conn = postfork.local(lambda: driver.connect(**kwargs))
+        _select_1(conn)
+        return conn
+
+    return build
+
+
+def _select_1(conn: Any) -> Any:
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    row = cur.fetchone()
+    cur.close()
+    return row
+def _paho() -> Any:
+    import uuid
+    from urllib.parse import urlparse
+
+    import paho.mqtt.client as mqtt
+
+    u = urlparse(MQTT_URL)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"postfork-bench-{uuid.uuid4().hex[:8]}")
+    client.connect(u.hostname or "127.0.0.1", u.port or 1883)
+    client.loop_start()
+    _paho_call(client)
+    return client
+
+
+def _paho_call(client: Any) -> Any:
+    """A QoS 1 publish, until the broker's PUBACK: one round trip through the network thread."""
+    info = client.publish("postfork-bench/families", b"x", qos=1)
+    info.wait_for_publish(10)
+    return info.is_published()
+
+
+def _paho_close(client: Any) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+_loops: Dict[int, Any] = {}
+
+
+def _in_loop(coro: Any) -> Any:
+    """Run ``coro`` in this process's event loop (a thread of its own, as a sync application
+    using nats-py has): a forked child gets a loop of its own on first use."""
+    import asyncio
+    import threading
+
+    loop = _loops.get(os.getpid())
+    if loop is None:
+        loop = _loops[os.getpid()] = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+
+def _nats() -> Any:
+    import nats
+
+    client = _in_loop(nats.connect(NATS_URL))
+    _in_loop(client.flush())
+    return client
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
     Spec("django", "Django `connections` (PostgreSQL)", _django_connections, _django_call,
          close=lambda handler: handler.close_all()),
+    Spec("pymysql", "PyMySQL `Connection` (`postfork.local`)", _mysql_local("pymysql"), _select_1,
+         register=lambda local: local),  # a local registers itself
+    Spec("mysqlclient", "mysqlclient `MySQLdb` connection (`postfork.local`)",
+         _mysql_local("MySQLdb"), _select_1, register=lambda local: local),
+    Spec("paho", "paho-mqtt `Client` (loop_start, QoS 1 publish)", _paho, _paho_call, _paho_close),
+    Spec("nats", "nats-py `Client` (flush: PING/PONG)", _nats, lambda c: _in_loop(c.flush()),
+         lambda c: _in_loop(c.close())),
 ]
 
 

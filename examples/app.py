@@ -13,6 +13,12 @@ correct value is ``N``: a caller counts wrong answers. ``GET /master`` returns t
 identities as the process that imported the app (the master, when preloaded) recorded them,
 and the pid of the worker that served the request.
 
+With ``BACKEND_URL`` set (``make demo`` starts one), also an ``http.client`` keep-alive
+connection to that HTTP backend, whose ``/echo?n=N`` answers N and names the connection.
+
+``POSTFORK_DEMO_UNMANAGED=1`` builds the same clients without registering them, to show what
+postfork fixes (``make demo`` runs the app that way first).
+
 Run it: ``gunicorn -c examples/gunicorn.conf.py`` or ``uwsgi --ini examples/uwsgi.ini``.
 """
 
@@ -29,6 +35,14 @@ import postfork
 
 DATA_DIR = os.environ.get("POSTFORK_EXAMPLE_DIR") or os.path.join(tempfile.gettempdir(), "postfork-example")
 os.makedirs(DATA_DIR, exist_ok=True)
+
+
+UNMANAGED = os.environ.get("POSTFORK_DEMO_UNMANAGED") == "1"
+
+
+def manage(obj: Any) -> Any:
+    """``postfork.register``, unless the demo runs the app unmanaged to show the hazard."""
+    return obj if UNMANAGED else postfork.register(obj)
 
 
 class Probe(NamedTuple):
@@ -54,7 +68,7 @@ def _sqlite() -> Probe:
         dbapi_connection.execute("INSERT INTO postfork_conn VALUES (?)", (secrets.token_hex(6),))
         dbapi_connection.commit()  # else the pool's rollback-on-return takes the row away
 
-    postfork.register(engine)
+    manage(engine)
 
     def query(sql: str, **params: Any) -> Any:
         with engine.connect() as conn:
@@ -67,18 +81,18 @@ def _sqlite() -> Probe:
 def _redis(url: str) -> Probe:
     import redis
 
-    client = postfork.register(redis.Redis.from_url(url, socket_timeout=5))
+    client = manage(redis.Redis.from_url(url, socket_timeout=5))
     return Probe(client.client_id, lambda n: int(client.echo(str(n))))
 
 
 def _postgres(dsn: str) -> Probe:
     from psycopg_pool import ConnectionPool
 
-    pool = postfork.register(ConnectionPool(dsn, min_size=1, max_size=2, open=True, timeout=10))
+    pool = manage(ConnectionPool(dsn, min_size=1, max_size=2, open=True, timeout=10))
 
     def query(sql: str, *params: Any) -> Any:
         with pool.connection() as conn:
-            return conn.execute(sql, params).fetchone()[0]  # type: ignore[index]
+            return conn.execute(sql, params).fetchone()[0]
 
     return Probe(lambda: query("SELECT pg_backend_pid()"), lambda n: query("SELECT %s::int", n))
 
@@ -86,7 +100,7 @@ def _postgres(dsn: str) -> Probe:
 def _mongo(url: str) -> Probe:
     from pymongo import MongoClient
 
-    client: "MongoClient[Dict[str, Any]]" = postfork.register(MongoClient(url, serverSelectionTimeoutMS=5000))
+    client: "MongoClient[Dict[str, Any]]" = manage(MongoClient(url, serverSelectionTimeoutMS=5000))
 
     def peer_port() -> int:
         return int(client.admin.command("whatsmyuri")["you"].rsplit(":", 1)[1])
@@ -94,16 +108,34 @@ def _mongo(url: str) -> Probe:
     return Probe(peer_port, None)
 
 
+def _backend(url: str) -> Probe:
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    conn = manage(http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=5))
+
+    def echo(n: int) -> Dict[str, Any]:
+        try:
+            conn.request("GET", f"/echo?n={n}")
+            return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
+        except Exception:
+            conn.close()  # a broken exchange: start over on a new connection next time
+            raise
+
+    return Probe(lambda: echo(0)["connection"], lambda n: int(echo(n)["n"]))
+
+
 PROBES["sqlite"] = _sqlite()
-for _name, _env, _build in (("redis", "REDIS_URL", _redis), ("postgres", "POSTGRES_DSN", _postgres),
-                            ("mongo", "MONGO_URL", _mongo)):
+for _name, _env, _build in (("backend", "BACKEND_URL", _backend), ("redis", "REDIS_URL", _redis),
+                            ("postgres", "POSTGRES_DSN", _postgres), ("mongo", "MONGO_URL", _mongo)):
     if os.environ.get(_env):
         PROBES[_name] = _build(os.environ[_env])
 
 # The journal: each request appends one line "pid n". Registered, so each worker gets a file
 # description of its own (its own offset) instead of sharing the master's.
 JOURNAL_PATH = os.path.join(DATA_DIR, "journal.log")
-journal = postfork.register(open(JOURNAL_PATH, "a", buffering=1))
+journal = manage(open(JOURNAL_PATH, "a", buffering=1))
 
 _resets: List[int] = []
 
@@ -121,11 +153,15 @@ MASTER: Dict[str, Any] = {"pid": os.getpid(), **{name: p.identity() for name, p 
 def whoami(n: int) -> Dict[str, Any]:
     pid = os.getpid()
     journal.write(f"{pid} {n}\n")
-    clients = {
-        name: {"id": probe.identity(), "answer": probe.answer(n) if probe.answer else None}
-        for name, probe in PROBES.items()
-    }
+    clients = {name: _ask(probe, n) for name, probe in PROBES.items()}
     return {"pid": pid, "resets": _resets.count(pid), "n": n, "clients": clients}
+
+
+def _ask(probe: Probe, n: int) -> Dict[str, Any]:
+    try:
+        return {"id": probe.identity(), "answer": probe.answer(n) if probe.answer else None}
+    except Exception as exc:  # a client that failed answers with its error, for the caller to count
+        return {"id": None, "answer": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def application(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any
 
 from celery import signals
@@ -28,7 +29,7 @@ from postfork import ForkSafetyError, ResetError
 
 from ._hook import close_and_log, default_guard, reset_and_log
 
-__all__ = ["on_worker_process_init", "on_worker_process_shutdown"]
+__all__ = ["on_worker_process_init", "on_worker_process_shutdown", "on_worker_init"]
 
 log = logging.getLogger("postfork")
 
@@ -53,9 +54,26 @@ def on_worker_process_shutdown(pid: Any = None, **_: Any) -> None:
     close_and_log(log.info, log.warning)
 
 
+def on_worker_init(**_: Any) -> None:
+    """``worker_init`` receiver (the main process, before the pool forks): warn once about
+    receivers of the pool-process signals that Celery holds weakly (its default): one whose
+    last other reference goes is silently dropped and stops resetting anything."""
+    for signal in (signals.worker_process_init, signals.worker_process_shutdown):
+        for _, receiver in list(signal.receivers):
+            if isinstance(receiver, weakref.ReferenceType):
+                func = receiver()
+                name = getattr(func, "__qualname__", repr(func))
+                module = getattr(func, "__module__", "?")
+                log.warning("postfork: the %s receiver %s.%s is connected weakly (Celery's "
+                            "default): once nothing else references it, Celery drops it and it "
+                            "stops running. Connect it with weak=False.",
+                            signal.name, module, name)
+
+
 signals.worker_process_init.connect(
     on_worker_process_init, weak=False, dispatch_uid="postfork.reset_all"
 )
+signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="postfork.weak_receivers")
 signals.worker_process_shutdown.connect(
     on_worker_process_shutdown, weak=False, dispatch_uid="postfork.close_all"
 )

@@ -45,7 +45,16 @@ def post_fork(server: Any, worker: Any) -> None:
     so gunicorn reports "Worker failed to boot" with the failing client named in its log.
     The guard's findings are logged as warnings too: its ForkSafetyWarnings go to stderr,
     which is not gunicorn's log when ``errorlog`` names a file."""
-    report = reset_and_log(server.log.info, server.log.error)
+    preloaded = getattr(getattr(server, "cfg", None), "preload_app", True)
+    if preloaded:
+        report = reset_and_log(server.log.info, server.log.error)
+    else:
+        # Without --preload each worker imports the app itself, after the fork: nothing of the
+        # app was inherited, so "reset 0 clients" would read like a failure. Say what happened.
+        report = reset_and_log(lambda _: None, server.log.error)
+        server.log.info(f"postfork: pid {os.getpid()}: gunicorn runs without --preload, so this "
+                        f"worker builds its own app after the fork: nothing was inherited, "
+                        f"nothing needed resetting")
     for finding in report.findings:
         server.log.warning("postfork guard: %s", finding)
 

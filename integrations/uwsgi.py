@@ -61,6 +61,7 @@ def _after_fork() -> None:
         # Without --master, uWSGI calls the hook in worker 1 too, which is the very process
         # that loaded the app: nothing was forked, its clients are its own.
         return
+    _warn_if_the_master_ran_threads()
     try:
         reset_and_log(_log, _log)
     except (ResetError, ForkSafetyError):
@@ -69,6 +70,34 @@ def _after_fork() -> None:
         _log(f"postfork: strict mode: worker {os.getpid()} exits without serving "
              f"(code {_FAILED_APP_CODE}); uWSGI respawns it")
         os._exit(_FAILED_APP_CODE)
+
+
+_FORK_HOOK_OPTIONS = ("py-call-uwsgi-fork-hooks", "py-call-osafterfork")
+
+
+def _fork_hook_options(uwsgi: Any) -> bool:
+    options = getattr(uwsgi, "opt", None) or {}
+    names = {k.decode() if isinstance(k, bytes) else str(k) for k in options}
+    return any(name in names for name in _FORK_HOOK_OPTIONS)
+
+
+def _warn_if_the_master_ran_threads() -> None:
+    """uWSGI without --py-call-uwsgi-fork-hooks (or --py-call-osafterfork) forks without
+    telling Python: if a master thread held the GIL at that instant the worker hangs before
+    any Python runs, this hook included (unbit/uwsgi#1149). This worker got here, but the next
+    may not: say so while the master's threads are still listed (threading's own after-fork
+    cleanup did not run either, so they are)."""
+    import threading
+
+    if _fork_hook_options(_uwsgi()):
+        return
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:
+        _log(f"postfork: WARNING: the uWSGI master ran {len(others)} Python thread"
+             f"{'' if len(others) == 1 else 's'} ({', '.join(others[:5])}) when it forked worker "
+             f"{os.getpid()}, and uWSGI was started without --py-call-uwsgi-fork-hooks: a worker "
+             f"forked while one of them holds the GIL hangs before any Python runs "
+             f"(unbit/uwsgi#1149). Start uWSGI with --py-call-uwsgi-fork-hooks.")
 
 
 def _chained(first: Callable[[], Any], then: Callable[[], Any]) -> Callable[[], None]:

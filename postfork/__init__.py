@@ -13,6 +13,7 @@ from ._errors import ConfigError, ForkSafetyError, ForkSafetyWarning, ResetError
 from ._guard import check, guard
 from ._local import Local, local
 from ._lookup import adapter
+from ._mphooks import multiprocessing_after_fork
 from ._registry import after_fork, close_all, register, registered, reset_all, unregister
 from ._report import Entry, Finding, Report
 
@@ -21,6 +22,7 @@ __all__ = [
     "unregister",
     "registered",
     "after_fork",
+    "multiprocessing_after_fork",
     "local",
     "Local",
     "reset_all",

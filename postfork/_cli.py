@@ -53,12 +53,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     doctor.add_argument("target", metavar="MODULE[:ATTR]", help="e.g. myproject.wsgi:application")
     doctor.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    doctor.add_argument("--timeout", type=float, default=30.0, help="seconds the probe child may take (30)")
+    doctor.add_argument("--timeout", type=_seconds, default=30.0, help="seconds the probe child may take (30)")
     args = parser.parse_args(argv)
     if args.command != "doctor":
         parser.print_help()
         return EXIT_BAD_TARGET
-    return _doctor(args.target, as_json=args.json, timeout=args.timeout)
+    try:
+        return _doctor(args.target, as_json=args.json, timeout=args.timeout)
+    except KeyboardInterrupt:
+        _progress_done()
+        print("postfork doctor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"takes a number of seconds above 0, got {text!r}")
+    return value
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -338,6 +353,10 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
         lines += _table(rows, [s.green if t["managed"] else s.red for t in threads])
     else:
         lines.append(s.dim("  only the main thread"))
+    if threads:
+        lines.append(s.dim("  under uWSGI: threads run in the master, so start uWSGI with "
+                           "--py-call-uwsgi-fork-hooks (without it a worker forked while one of "
+                           "them holds the GIL hangs before any Python runs: unbit/uwsgi#1149)"))
     lines.append("")
 
     lines.append(s.bold("Connected sockets the worker inherited"))

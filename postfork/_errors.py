@@ -71,3 +71,8 @@ def retired_error(message: str, *library_errors: type) -> RetiredError:
             cls = RetiredError
         _mixed[bases] = cls
     return cls(message)  # type: ignore[no-any-return]
+
+
+for _cls in (ResetError, ForkSafetyError, ForkSafetyWarning, ConfigError, RetiredError):
+    _cls.__module__ = "postfork"  # where users import them from: postfork.ConfigError in tracebacks
+del _cls

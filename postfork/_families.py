@@ -140,6 +140,30 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("django_redis.cache.RedisCache"),
              calls="django.core.cache.caches[alias]", fix=_DJANGO_FIX),
     )),
+    Family("http.client", ("http",), (
+        Kind("http.client.HTTPConnection", "http_client:connection",
+             track=_self("http.client.HTTPConnection"), calls="http.client.HTTPConnection(host, port)"),
+    )),
+    Family("pymysql", ("pymysql",), (
+        # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
+        Kind("pymysql.connections.Connection", "pymysql:connection",
+             track=_self("pymysql.connections.Connection"), leaf=True,
+             calls="pymysql.connect(...)"),
+    )),
+    Family("mysqlclient", ("MySQLdb",), (
+        # a Python subclass of the C type _mysql.connection: its __new__ can be observed
+        Kind("MySQLdb.connections.Connection", "mysqlclient:connection",
+             track=_self("MySQLdb.connections.Connection"), leaf=True,
+             calls="MySQLdb.connect(...)"),
+    )),
+    Family("paho-mqtt", ("paho",), (
+        Kind("paho.mqtt.client.Client", "paho:client", track=_self("paho.mqtt.client.Client"),
+             calls="mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)"),
+    )),
+    Family("nats-py", ("nats",), (
+        Kind("nats.aio.client.Client", "nats:client", track=_self("nats.aio.client.Client"),
+             calls="nats.aio.client.Client()"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

@@ -6,7 +6,9 @@ import threading
 
 from ._contract import Adapter, close_default
 from ._locks import fresh
+from ._lookup import find_adapter
 from ._registry import REGISTRY
+from ._registry import log as REGISTRY_LOG
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
 if TYPE_CHECKING:
@@ -36,6 +38,22 @@ _UNBUILT: Any = object()
 _inherited: List[Any] = []
 
 
+def _retire_inherited(instance: Any) -> None:
+    """Keeping an inherited instance is not enough when the interpreter exits: module globals
+    are cleared then and finalizers run all the same, and a finalizer may talk on the parent's
+    socket (mysqlclient's deallocator sends COM_QUIT: a worker exiting normally ended the
+    master's session, measured). So an instance of a family postfork knows is reset here as if
+    it had been registered: its inherited connections dropped or retired, silently."""
+    found = find_adapter(type(instance))
+    if found is None:
+        return
+    try:
+        found.reset(instance)
+    except Exception:  # the local itself is invalidated whatever happens to the old instance
+        REGISTRY_LOG.error("postfork: resetting the inherited instance of a local failed",
+                           exc_info=True)
+
+
 class Local(_Generic[T]):
     """This process's instance of ``factory()``, built on first use in each process.
 
@@ -51,6 +69,8 @@ class Local(_Generic[T]):
     __slots__ = ("_factory", "_name", "_instance", "_lock", "__weakref__")
 
     def __init__(self, factory: Callable[[], T], *, name: Optional[str] = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"postfork.local(factory, name=...) takes a str, got {name!r}")
         if not callable(factory):
             raise TypeError(
                 f"postfork.local() takes a factory, a callable with no argument that builds the "
@@ -87,8 +107,10 @@ class Local(_Generic[T]):
         # In the child: a parent thread may hold the build lock at fork; it is never released.
         object.__setattr__(self, "_lock", fresh(self._lock))
         if self._instance is not _UNBUILT:
-            _inherited.append(self._instance)
+            inherited = self._instance
+            _inherited.append(inherited)
             object.__setattr__(self, "_instance", _UNBUILT)
+            _retire_inherited(inherited)
 
     def _close(self) -> None:
         instance = self._instance

@@ -62,7 +62,12 @@ def renew(obj: Any, *names: str, factory: Optional[Callable[[], Any]] = None) ->
     lock it makes with PyMongo's own at-fork reset, which a grandchild then relies on)."""
     for name in names:
         old = getattr(obj, name, None)
-        if old is not None:
-            new = factory() if factory is not None and type(old) is _LOCK else fresh(old)
-            if new is not None:
-                setattr(obj, name, new)
+        if old is None:
+            continue
+        make = _FACTORIES.get(type(old))  # the common case, inline: a worker resets thousands
+        if make is not None:
+            setattr(obj, name, factory() if factory is not None and make is threading.Lock else make())
+            continue
+        new = fresh(old)
+        if new is not None:
+            setattr(obj, name, new)

@@ -31,6 +31,7 @@ import weakref
 from . import _settings
 from ._contract import Adapter, as_adapter, no_close
 from ._errors import ResetError
+from ._imports import repair as repair_imports
 from ._locks import renew
 from ._lookup import calls_for, find_adapter, qualname, type_name
 from ._report import Entry, Report
@@ -162,6 +163,11 @@ class Registry:
     def names(self) -> List[str]:
         return [entry.name for _, entry in self.live()]
 
+    def last(self) -> Optional[Report]:
+        """This process's report, if the resets ran here."""
+        report = self._report
+        return report if report is not None and report.pid == os.getpid() else None
+
     def state(self) -> Tuple[Dict[int, _Registration], Optional[Report]]:
         """For tests: everything :meth:`restore` puts back."""
         return dict(self._entries), self._report
@@ -175,12 +181,16 @@ class Registry:
 
     # -- running ----------------------------------------------------------------------------
 
-    def run(self, force: bool = False) -> Report:
+    def run(self, force: bool = False, forked_here: bool = False) -> Report:
         pid = os.getpid()
         report = self._report
         if report is None or report.pid != pid or force:
+            first = report is None or report.pid != pid
             report = self._report = Report(pid=pid)
             started = time.perf_counter()
+            if first:
+                # Before any reset (resets may import): imports a vanished thread had in flight.
+                report.imports = repair_imports(forked_here)
             entries = report.entries
             for obj, entry in self.live():
                 entries.append(run_one(entry.name, entry.adapter, obj))
@@ -226,7 +236,7 @@ class Registry:
         # A thread of the parent may have held the registry lock at fork; it never releases it.
         renew(self, "_lock")
         try:
-            self.run()
+            self.run(forked_here=True)
         except Exception:  # noqa: BLE001 - Python would print it and go on; the integration's
             pass  # own reset_all() call raises it again (strict mode), where a server logs it
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
 
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["Entry", "Finding", "Report"]
 
@@ -78,16 +78,20 @@ class Finding:
 class Report:
     """The outcome of :func:`postfork.reset_all` in process ``pid``.
 
-    ``entries`` keep registration order; ``findings`` are the guard's (empty while it is off).
+    ``entries`` keep registration order; ``findings`` are the guard's (empty while it is off);
+    ``imports`` the module imports a vanished parent thread had in flight, released here.
     """
 
-    __slots__ = ("pid", "entries", "findings", "seconds")
+    __slots__ = ("pid", "entries", "findings", "seconds", "imports")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.entries: List[Entry] = []
         self.findings: List[Finding] = []
         self.seconds = 0.0
+        # (module, owner thread ident, half-initialised module dropped): imports that a thread
+        # of the parent had in flight at fork, released in this process (postfork._imports)
+        self.imports: List[Tuple[str, int, bool]] = []
 
     @property
     def failed(self) -> List[Entry]:

@@ -13,3 +13,9 @@ from celery_app import app  # noqa: F401  (examples/ is on the path)
 @signals.worker_init.connect(weak=False)
 def _collect(**_: Any) -> None:
     gc.collect()
+
+
+if __import__("os").environ.get("POSTFORK_TEST_WEAK_RECEIVER") == "1":
+    @signals.worker_process_init.connect  # weak=True, Celery's default
+    def reconnect_cache(**_: Any) -> None:
+        """A user's receiver connected the usual way: postfork warns that Celery holds it weakly."""

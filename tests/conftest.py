@@ -1,5 +1,5 @@
-"""Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ on this machine, MockupDB
-for MongoDB.
+"""Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ, Mosquitto, NATS on this
+machine, MockupDB for MongoDB.
 
 A missing service skips its tests with the reason, unless POSTFORK_REQUIRE_SERVICES=1 (CI),
 where it fails them.
@@ -18,7 +18,9 @@ import pytest
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-MARIADB_URL = os.environ.get("MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/postfork_test")
+MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
@@ -59,16 +61,19 @@ def postgres_dsn() -> str:
 
 
 @pytest.fixture(scope="session")
-def mariadb_url() -> str:
-    MySQLdb = pytest.importorskip("MySQLdb")
-    u = urlparse(MARIADB_URL)
+def mysql_url() -> str:
+    """MariaDB/MySQL, in a database of the suite's own (created here when missing)."""
+    pymysql = pytest.importorskip("pymysql")
+    u = urlparse(MYSQL_URL)
     try:
-        MySQLdb.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
-                        password=u.password or "", database=u.path.lstrip("/") or "test",
-                        connect_timeout=2).close()
+        conn = pymysql.connect(host=u.hostname, port=u.port or 3306, user=u.username or "root",
+                               password=u.password or "", connect_timeout=2)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{u.path.lstrip('/')}`")
+        conn.close()
     except Exception as exc:
-        _missing(f"MariaDB at {MARIADB_URL}", repr(exc))
-    return MARIADB_URL
+        _missing(f"MariaDB at {MYSQL_URL}", repr(exc))
+    return MYSQL_URL
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +81,22 @@ def amqp_url() -> str:
     if not _tcp_up(AMQP_URL, 5672):
         _missing(f"RabbitMQ at {AMQP_URL}", "connection refused")
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    pytest.importorskip("paho.mqtt.client")
+    if not _tcp_up(MQTT_URL, 1883):
+        _missing(f"Mosquitto at {MQTT_URL}", "connection refused")
+    return MQTT_URL
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    pytest.importorskip("nats")
+    if not _tcp_up(NATS_URL, 4222):
+        _missing(f"NATS at {NATS_URL}", "connection refused")
+    return NATS_URL
 
 
 @pytest.fixture

@@ -140,3 +140,13 @@ def test_import_without_a_worker_only_connects_the_receivers() -> None:
     assert result == {"init": ["on_worker_process_init"], "shutdown": ["on_worker_process_shutdown"],
                       "weak": [],  # held strongly (weak=False): a gc cannot drop them
                       "resets": [], "guard": "warn"}  # the guard's warn mode is the one effect
+
+
+def test_a_weakly_connected_receiver_is_named_once(celery_worker) -> None:
+    start, _ = celery_worker
+    server = start(extra_env={"POSTFORK_TEST_WEAK_RECEIVER": "1"})
+    server.wait_for(lambda: "connected weakly" in server.log, 20, "the warning")
+    lines = [line for line in server.log.splitlines() if "connected weakly" in line]
+    assert len(lines) == 1, server.describe()  # once, in the main process, not per pool process
+    assert "worker_process_init receiver _celery_gc_app.reconnect_cache" in lines[0]
+    assert "weak=False" in lines[0]

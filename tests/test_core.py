@@ -324,14 +324,16 @@ def test_adapter_from_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_plain_os_fork_child_is_reset_by_the_at_fork_hook() -> None:
     c = postfork.register(Client(), record)
     lo = postfork.local(Client)
-    parent_instance_id = id(lo.get())
+    parent_instance = lo.get()
     # reset=False: the child calls nothing itself; only the hook installed on import runs.
-    resets, new_local = fork_child(
-        lambda: (c.resets, id(lo.get()) != parent_instance_id or lo.get() is not None),
+    resets, built_at_start, fresh_instance = fork_child(
+        lambda: (c.resets, lo.built, lo.get() is not parent_instance),
         reset=False,
     ).result(30)
     assert len(resets) == 1 and resets[0] != os.getpid()
-    assert c.resets == []
+    assert built_at_start is False  # the hook invalidated the parent's instance...
+    assert fresh_instance is True  # ...and the child's first use built its own
+    assert c.resets == [] and lo.get() is parent_instance
 
 
 def _mp_child(queue: Any) -> None:

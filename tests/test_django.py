@@ -77,8 +77,8 @@ def pg(postgres_dsn: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def maria(mariadb_url: str) -> Iterator[Any]:
-    u = urlparse(mariadb_url)
+def maria(mysql_url: str) -> Iterator[Any]:
+    u = urlparse(mysql_url)
     conn = MySQLdb.connect(host=u.hostname, port=u.port or 3306, user=u.username or "root",
                            password=u.password or "", database=u.path.lstrip("/"), autocommit=True)
     yield conn
@@ -113,7 +113,7 @@ def eventually(check: Any, timeout: float = 5.0) -> bool:
 
 
 @pytest.fixture
-def services(postgres_dsn: str, mariadb_url: str, redis_url: str) -> None:
+def services(postgres_dsn: str, mysql_url: str, redis_url: str) -> None:
     """Every backend of the project is up (or the test skips / fails under CI)."""
 
 

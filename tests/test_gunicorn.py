@@ -170,3 +170,15 @@ def test_the_guard_names_an_unmanaged_client(servers, tmp_path, redis_url) -> No
         server.describe()
     assert f"(pid {worker}), 0 failed, 1 guard finding" in log
     assert re.search(rf"\[{worker}\] \[WARNING\] postfork guard: redis.Redis built at .*leaky.py:2", log)
+
+
+def test_without_preload_the_log_says_nothing_was_inherited(servers, tmp_path) -> None:
+    server = gunicorn(servers, tmp_path, "-w", "2", "--pythonpath", str(EXAMPLES), "app:application",
+                      env={}, config="python:postfork.integrations.gunicorn")
+    server.wait_http()
+    pids = {r["pid"] for r in server.hammer(20)}
+    log = server.log
+    for pid in pids:
+        assert (f"postfork: pid {pid}: gunicorn runs without --preload, so this worker builds its "
+                f"own app after the fork: nothing was inherited, nothing needed resetting") in log
+    assert not SUMMARY.search(log), server.describe()  # no "reset 0 clients" that reads like a failure

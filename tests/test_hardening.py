@@ -224,3 +224,121 @@ def test_finding_without_a_site_points_outside_postfork() -> None:
     warning = [line for line in done.stderr.splitlines() if "'early'" in line]
     assert warning and "postfork" not in warning[0].split(":")[0], done.stderr
     assert "started before the guard was on" in warning[0]
+
+
+def test_native_threads_are_named_with_their_library() -> None:
+    # A thread the kernel lists but Python's threading module does not (C libraries start them:
+    # librdkafka's are named "rdk:..."): named, with its owner, answering 3.12's
+    # "This process is multi-threaded, use of fork() may lead to deadlocks" warning.
+    done = _run("""
+        import _thread, ctypes, os, time, postfork
+        libc = ctypes.CDLL(None)
+        ready = []
+        def native():
+            libc.prctl(15, b"rdk:main", 0, 0, 0)   # PR_SET_NAME: the kernel's thread name
+            ready.append(1)
+            time.sleep(5)
+        _thread.start_new_thread(native, ())
+        while not ready:
+            time.sleep(0.01)
+        postfork.guard("warn")
+        import warnings
+        warnings.simplefilter("ignore")
+        pid = os.fork()
+        if pid == 0:
+            report = postfork.reset_all()
+            print([(f.kind, f.subject) for f in report.findings])
+            print([f.description for f in report.findings if f.subject == "rdk:main"][0])
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[('thread', 'rdk:main')]", done.stdout + done.stderr
+    assert "native thread 'rdk:main' (librdkafka (confluent-kafka))" in lines[1]
+    assert "multi-threaded, use of fork()" in lines[1]
+
+
+_MP_HOOKS = """
+    import multiprocessing, multiprocessing.util, os, sys, postfork, warnings
+    warnings.simplefilter("ignore")
+    postfork.guard("warn")
+    class Engine: pass
+    engine = Engine()
+    def dispose(obj):                      # the widely copied recipe
+        os.write(1, f"dispose ran in {'child' if os.getpid() != MASTER else 'master'}\\n".encode())
+    MASTER = os.getpid()
+    multiprocessing.util.register_after_fork(engine, dispose)
+    if sys.argv[1] == "opt-in":
+        postfork.after_fork(postfork.multiprocessing_after_fork)
+    if sys.argv[1] == "multiprocessing":
+        ctx = multiprocessing.get_context("fork")
+        p = ctx.Process(target=lambda: os.write(1, f"findings {[f.kind for f in postfork.check()]}\\n".encode()))
+        p.start(); p.join()
+    else:
+        pid = os.fork()                    # gunicorn, uWSGI and RQ fork this way
+        if pid == 0:
+            report = postfork.reset_all()
+            os.write(1, f"findings {[f.kind for f in report.findings]}\\n".encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("plain", ["findings ['hook']"]),                                  # never runs: named
+    ("opt-in", ["dispose ran in child", "findings []"]),               # runs, once
+    ("multiprocessing", ["dispose ran in child", "findings []"]),      # multiprocessing's own: once
+])
+def test_register_after_fork_handlers_are_named_or_run_with_the_opt_in(mode: str, expected: List[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_MP_HOOKS), mode], capture_output=True, text=True,
+        timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("POSTFORK_")})
+    assert done.stdout.splitlines() == expected, done.stdout + done.stderr
+
+
+def test_an_unregistered_file_written_by_the_app_is_named(tmp_path: Any) -> None:
+    app = tmp_path / "journal_app.py"
+    app.write_text(textwrap.dedent(f"""
+        import postfork
+        journal = open({str(tmp_path / 'journal.log')!r}, "a")      # unmanaged: a finding
+        kept = postfork.register(open({str(tmp_path / 'kept.log')!r}, "a"))
+        readme = open({str(app)!r})                                   # read only: not one
+    """))
+    done = _run(f"""
+        import os, sys, warnings
+        sys.path.insert(0, {str(tmp_path)!r})
+        warnings.simplefilter("ignore")
+        import postfork
+        postfork.guard("warn")
+        import journal_app
+        pid = os.fork()
+        if pid == 0:
+            for f in postfork.reset_all().findings:
+                print(f.kind, f.subject, "journal_app.journal" in f.description, "register(journal)" in f.fix)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    assert done.stdout.splitlines() == [f"file {tmp_path / 'journal.log'} True True"], done.stderr
+
+
+def test_an_asyncio_client_and_loop_of_the_master_are_named(redis_url: str) -> None:
+    done = _run(f"""
+        import asyncio, os, warnings
+        warnings.simplefilter("ignore")
+        import postfork
+        postfork.guard("warn")
+        import redis.asyncio
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)                 # the master's loop, still current at fork
+        client = redis.asyncio.Redis.from_url({redis_url!r})
+        loop.run_until_complete(client.ping())       # a connection on the master's loop
+        pid = os.fork()
+        if pid == 0:
+            for f in postfork.reset_all().findings:
+                print(f.kind, "bound to the master's event loop" in f.description)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    # CPython 3.12+ forgets the policy's loop in a forked child by itself (asyncio.events.on_fork)
+    loop = ["loop False"] if sys.version_info < (3, 12) else []
+    assert sorted(done.stdout.splitlines()) == ["client True", *loop], done.stdout + done.stderr

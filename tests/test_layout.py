@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENTS = ("redis", "pymongo", "bson", "sqlalchemy", "psycopg", "psycopg_pool", "psycopg2")
+CLIENTS = ("redis", "pymongo", "bson", "sqlalchemy", "psycopg", "psycopg_pool", "psycopg2",
+           "pymysql", "MySQLdb")
 SERVERS = ("gunicorn", "uwsgi", "uwsgidecorators", "celery", "billiard", "kombu")
 
 

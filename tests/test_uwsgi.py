@@ -175,3 +175,18 @@ def test_import_outside_uwsgi_is_a_silent_no_op() -> None:
     result = fresh_interpreter(script)
     assert result == {"guard": [["off", None], ["off", None]], "resets": [], "installed": False,
                       "uwsgidecorators": False}
+
+
+@pytest.mark.parametrize("flags", [(), ("--py-call-uwsgi-fork-hooks",)], ids=["no-flag", "fork-hooks"])
+def test_master_threads_without_the_fork_hook_flag_are_warned_about(servers, tmp_path, flags) -> None:
+    # The master runs a thread (a sleeping one: it holds no GIL at fork, so the workers boot):
+    # without --py-call-uwsgi-fork-hooks a worker forked while such a thread holds the GIL hangs
+    # before any Python runs (unbit/uwsgi#1149). The integration says so in every worker.
+    server = uwsgi(servers, tmp_path, "--master", "--import", "_uwsgi_thread", *flags, *INTEGRATION, env={})
+    serve_both_workers(server)  # both workers booted and served
+    warned = [line for line in server.log.splitlines() if "--py-call-uwsgi-fork-hooks" in line
+              and line.startswith("postfork: WARNING")]
+    if flags:
+        assert warned == [], server.describe()
+    else:
+        assert len(warned) == 2 and all("(master-ticker)" in line for line in warned), server.describe()

@@ -18,7 +18,8 @@ from typing import Any, Iterable, List, Optional, Set, Tuple
 from .. import _settings
 from .._errors import ConfigError, ForkSafetyError, ForkSafetyWarning
 from .._lookup import calls_for, find_adapter, fix_for, type_name
-from .._registry import REGISTRY, log, run_one
+from .._mphooks import forked_by_multiprocessing, handlers, multiprocessing_after_fork
+from .._registry import REGISTRY, log, registered, run_one
 from .._report import Entry, Finding, Report
 from . import _fds, _inventory, _threads, _tracking
 
@@ -46,6 +47,7 @@ class _Observer:
     """The guard's subscription to the registry."""
 
     def after_resets(self, report: Report) -> None:
+        _tracking.refresh_pid()  # a server that forks without at-fork hooks (uWSGI) lands here first
         current = mode()
         if current == "off":
             return
@@ -138,6 +140,9 @@ def _client_finding(obj: Any, origin: _tracking.Origin, here: int) -> Finding:
         text = (f"{name} built {where} in pid {origin.pid} (the master) reached pid {here} "
                 f"unmanaged: this worker shares its connections with the master and every "
                 f"other worker.")
+        if _inventory.bound_to_a_loop(obj):
+            text += (" It is bound to the master's event loop: on this worker's loop it fails "
+                     "('attached to a different loop', 'Event loop is closed').")
     fix = fix_for(obj) or _FIX_CLIENT.format(calls=calls_for(obj))
     return Finding("client", text, site, origin.pid, fix, name)
 
@@ -146,6 +151,9 @@ def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here:
                      ids: Set[int]) -> List[Finding]:
     found = []
     for thread in threads:
+        if thread.native:
+            found.append(_native_thread_finding(thread, master, here))
+            continue
         origin = thread.origin
         if origin is not None and (origin.server or _inventory.is_managed(origin.owner, ids)):
             continue
@@ -169,6 +177,21 @@ def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here:
                     f"at fork; it does not exist in pid {here}, and any lock it held stays held.")
         found.append(Finding("thread", text, site, master, fix, thread.name))
     return found
+
+
+def _native_thread_finding(thread: _threads.AliveThread, master: int, here: int) -> Finding:
+    owner = f" ({thread.owner})" if thread.owner else ""
+    if master == here:
+        text = (f"native thread {thread.name!r}{owner}, started by C code, is alive: a worker "
+                f"forked now would not have it.")
+    else:
+        text = (f"native thread {thread.name!r}{owner}, started by C code, was alive in the master "
+                f"(pid {master}) at fork; it does not exist in pid {here}, and any lock it held "
+                f"stays held. This is the thread Python's 'This process is multi-threaded, use of "
+                f"fork() may lead to deadlocks in the child' warning is about.")
+    fix = ("build the client that runs it in each worker, after the fork "
+           "(postfork.local(lambda: ...)), not in the master")
+    return Finding("thread", text, None, master, fix, thread.name)
 
 
 def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reported: Set[int],
@@ -212,15 +235,97 @@ def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reporte
     return found
 
 
+def _import_findings(report: Optional[Report], snapshot: Optional[_inventory.Snapshot],
+                     master: int, here: int) -> List[Finding]:
+    """Imports a thread of the master had in flight at fork (released by the registry)."""
+    if report is None:
+        return []
+    threads = {t.ident: t for t in (snapshot.threads if snapshot is not None else _threads.alive_threads())}
+    found = []
+    for module, owner, dropped in report.imports:
+        thread = threads.get(owner)
+        who = f"thread {thread.name!r}" if thread is not None else f"a thread (ident {owner})"
+        site = thread.origin.site if thread is not None and thread.origin is not None else None
+        if site:
+            who += f" (started at {site})"
+        text = (f"module {module!r} was being imported by {who} in the master (pid {master}) at "
+                f"fork: its import lock stayed held in pid {here}, where that thread does not "
+                f"exist, and the first import of it here would have hung. postfork released it"
+                + (" and dropped the half-imported module, which is imported afresh here." if dropped
+                   else "."))
+        fix = (f"import {module} in the master before starting threads or before the server "
+               f"forks (for example at the top of the app module)")
+        found.append(Finding("import", text, site, master, fix, module))
+    return found
+
+
+def _mp_hook_findings(master: int, here: int) -> List[Finding]:
+    """``multiprocessing.util.register_after_fork`` handlers, in a child multiprocessing did not
+    start: they never run here (unless the opt-in runs them)."""
+    if forked_by_multiprocessing() or registered(multiprocessing_after_fork):
+        return []
+    found = []
+    for obj, func in handlers():
+        code = getattr(func, "__code__", None)
+        file = getattr(code, "co_filename", None)
+        if _tracking.is_server_site(file):  # kombu, billiard: the server's own, run by it
+            continue
+        site = _tracking.format_site(file, code.co_firstlineno) if code is not None else None
+        name = getattr(func, "__qualname__", repr(func))
+        text = (f"multiprocessing.util.register_after_fork({type_name(obj)}, {name}) "
+                f"{'(defined at ' + site + ') ' if site else ''}was registered in the master "
+                f"(pid {master}); multiprocessing runs such handlers only in the processes it "
+                f"starts itself, so it never ran in pid {here}.")
+        fix = ("register the object with postfork.register() instead, or opt in once: "
+               "postfork.after_fork(postfork.multiprocessing_after_fork) runs these handlers in "
+               "every child postfork resets")
+        found.append(Finding("hook", text, site, master, fix, name))
+    return found
+
+
+def _file_findings(ids: Set[int], master: int, here: int) -> List[Finding]:
+    found = []
+    for holder, f in _inventory.app_files(ids):
+        path = getattr(f, "name", "?")
+        text = (f"file {path!r} (fd {f.fileno()}), opened for writing in the master (pid {master}) "
+                f"and held by {holder}, reached pid {here} unmanaged: master and workers share "
+                f"one file offset, and bytes buffered before the fork are written twice.")
+        fix = (f"postfork.register({holder.rsplit('.', 1)[-1]}) (each worker reopens it in place, "
+               f"with an offset of its own), or open it in each worker: "
+               f"postfork.local(lambda: open({path!r}, 'a'))")
+        found.append(Finding("file", text, None, master, fix, str(path)))
+    return found
+
+
+def _loop_findings(master: int, here: int) -> List[Finding]:
+    """The master's event loop, still this thread's current loop in the worker."""
+    events = sys.modules.get("asyncio.events")
+    if events is None:
+        return []
+    local = getattr(getattr(events.get_event_loop_policy(), "_local", None), "_loop", None)
+    if local is None or local.is_closed() or local.is_running():
+        return []
+    text = (f"the asyncio event loop created in the master (pid {master}) is still this thread's "
+            f"event loop in pid {here}: its selector is the master's (one epoll instance for "
+            f"both processes), and clients built on it fail here ('attached to a different "
+            f"loop', 'Event loop is closed').")
+    fix = ("create the loop in each worker (asyncio.run(...), or asyncio.new_event_loop() after "
+           "the fork) and build asyncio clients there: postfork.local(lambda: ...)")
+    return [Finding("loop", text, None, master, fix, type(local).__name__)]
+
+
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     here = os.getpid()
     snapshot = _inventory.snapshot()
+    if report is None:
+        report = REGISTRY.last()
     child = snapshot is not None or any(o.pid != here for o in _tracking.origins())
     ids = _inventory.managed_ids()
     clients = _unmanaged_clients(ids, inherited_only=child)
     findings = [_client_finding(obj, origin, here) for obj, origin in clients]
     if reset and report is not None:
         _reset_unmanaged(clients, report)
+    findings += _import_findings(report, snapshot, snapshot.pid if snapshot else os.getppid(), here)
     if snapshot is not None:
         findings += _thread_findings(snapshot.threads, snapshot.pid, here, ids)
     elif child:
@@ -231,6 +336,10 @@ def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
     else:
         findings += _thread_findings(_threads.alive_threads(), here, here, ids)
     if child:
+        master = snapshot.pid if snapshot else os.getppid()
+        findings += _mp_hook_findings(master, here)
+        findings += _file_findings(ids, master, here)
+        findings += _loop_findings(master, here)
         reported = {id(obj) for obj, _ in clients}
         reported.update(id(ref) for obj, _ in clients for ref in _inventory.references(obj))
         findings += _socket_findings(snapshot, here, reported, ids)

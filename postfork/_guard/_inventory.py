@@ -10,8 +10,12 @@ and would build its client), and a ``local`` declares what it manages.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import stat
+import sys
+import sysconfig
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from .._lookup import type_name
@@ -137,6 +141,13 @@ def socket_origins(here: int) -> Dict[int, Origin]:
         obj = origin()
         if obj is None or origin.pid == here:
             continue
+        # Sockets a client holds directly but did not build through a tracked call (paho's
+        # wake-up socketpair: one end comes from accept()) are that client's too.
+        for ref in references(obj):
+            if isinstance(ref, socket.socket) and not isinstance(obj, socket.socket):
+                fd = ref.fileno()
+                if fd >= 0 and fd not in by_fd:
+                    by_fd[fd] = origin
         try:
             fileno = object.__getattribute__(obj, "fileno")
         except AttributeError:
@@ -148,3 +159,53 @@ def socket_origins(here: int) -> Dict[int, Origin]:
         if isinstance(fd, int) and fd >= 0 and (fd not in by_fd or isinstance(obj, socket.socket)):
             by_fd[fd] = origin
     return by_fd
+
+
+def bound_to_a_loop(obj: Any, depth: int = 3, budget: int = 300) -> bool:
+    """Whether ``obj`` holds (within ``depth`` attribute hops) an asyncio loop, transport, stream
+    or asyncio lock: an asyncio client built on the master's event loop."""
+    if "asyncio" not in sys.modules:
+        return False
+    seen: Set[int] = set()
+    layer = [obj]
+    for _ in range(depth):
+        following: List[Any] = []
+        for item in layer:
+            for ref in references(item):
+                if id(ref) in seen or isinstance(ref, (str, bytes, int, float, type(None))):
+                    continue
+                seen.add(id(ref))
+                if type(ref).__module__.startswith("asyncio."):
+                    return True
+                following.append(ref)
+                if len(seen) > budget:
+                    return False
+        layer = following
+    return False
+
+
+def app_files(managed: Set[int]) -> List[Tuple[str, Any]]:
+    """``(module.name, file)`` for every file object open for writing that a module of the
+    application (not the standard library, not an installed package) holds in a global and
+    that no registration manages: a log or journal opened at import."""
+    skip = tuple({sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"),
+                  sysconfig.get_path("purelib"), sysconfig.get_path("platlib"),
+                  os.path.dirname(os.path.dirname(__file__))} - {None})
+    found = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name != "__main__" and (not path or path.startswith(skip)):
+            continue
+        for attr, value in list(getattr(module, "__dict__", {}).items()):
+            if (isinstance(value, io.IOBase) and id(value) not in managed and not value.closed
+                    and _writes_a_file(value)):
+                found.append((f"{name}.{attr}", value))
+    return found
+
+
+def _writes_a_file(f: Any) -> bool:
+    try:
+        fd = f.fileno()
+        return bool(f.writable()) and fd > 2 and stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, ValueError):
+        return False

@@ -62,9 +62,8 @@ _POSTFORK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os
 class Origin(weakref.ref):  # type: ignore[type-arg]
     """A weak reference to a tracked object, carrying where and by whom it was built."""
 
-    __slots__ = ("key", "pid", "file", "line", "owner")
+    __slots__ = ("pid", "file", "line", "owner")
 
-    key: int
     pid: int
     file: Optional[str]
     line: int
@@ -86,7 +85,20 @@ class Origin(weakref.ref):  # type: ignore[type-arg]
 
 
 _on = False
+# id(obj) -> Origin. An Origin has no weakref callback (that would cost a Python call each time
+# a tracked socket dies, once per accepted request in a worker): dead records are swept when
+# the table has doubled since the last sweep, so it stays within twice the live objects.
 _records: Dict[int, Origin] = {}
+_sweep_at = 1024
+# This process's pid, kept here because os.getpid() is a system call: refreshed in the child by
+# an at-fork hook and, where a server forks without them (uWSGI), by the guard's observer when
+# the resets run, before any application code.
+_pid = os.getpid()
+
+
+def refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
 
 
 def enabled() -> bool:
@@ -115,9 +127,12 @@ def origins() -> List[Origin]:
     return [o for o in list(_records.values()) if o() is not None]
 
 
-def _forget(ref: Origin) -> None:
-    if _records.get(ref.key) is ref:
-        del _records[ref.key]
+def _sweep() -> None:
+    global _sweep_at
+    for key, origin in list(_records.items()):
+        if origin() is None:
+            del _records[key]
+    _sweep_at = max(1024, 2 * len(_records))
 
 
 # -- creation sites ------------------------------------------------------------------------
@@ -147,10 +162,19 @@ def _is_library(filename: str) -> bool:
             base = _module_base(name)
             if base is not None:
                 prefixes.append(base)
-        known = (filename.startswith(tuple(prefixes))
-                 or (filename.startswith("<") and filename not in _USER_PSEUDO_FILES))
+        known = filename.startswith(tuple(prefixes)) or filename.startswith("<")
         _library_cache[filename] = known
     return known
+
+
+def _is_library_frame(frame: FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    if filename not in _USER_PSEUDO_FILES:
+        return _is_library(filename)
+    # "<string>" is python -c's code, and also code a library generated with exec() (SQLAlchemy
+    # 2 on CPython 3.10 names its create_engine() wrapper so): the module it runs in decides.
+    module = str(frame.f_globals.get("__name__", "")).split(".")[0]
+    return module in _LIBRARIES or module in _STDLIB_MODULES or module == "postfork"
 
 
 def observe_site(frame: Optional[FrameType], leaf: bool
@@ -165,7 +189,7 @@ def observe_site(frame: Optional[FrameType], leaf: bool
     """
     while frame is not None:
         code = frame.f_code
-        if not _is_library(code.co_filename):
+        if not _is_library_frame(frame):
             return None, code.co_filename, frame.f_lineno
         if code.co_argcount and code.co_varnames[0] == "self" and (leaf or code.co_name == "__init__"):
             me = frame.f_locals.get("self")
@@ -200,18 +224,22 @@ def is_server_site(file: Optional[str]) -> bool:
     return False
 
 
-def _record(obj: Any, frame: Optional[FrameType], leaf: bool) -> None:
-    owner, file, line = observe_site(frame, leaf)
+def _record(obj: Any, frame: FrameType, leaf: bool) -> None:
     try:
-        origin = Origin(obj, _forget)
+        origin = Origin(obj)
     except TypeError:  # not weakly referenceable: never hold a client strongly
         return
-    origin.key = id(obj)
-    origin.pid = os.getpid()
-    origin.file = file
-    origin.line = line
-    origin.owner = owner
-    _records[origin.key] = origin
+    origin.pid = _pid
+    code = frame.f_code
+    if _library_cache.get(code.co_filename) is False:  # built by the application itself
+        origin.owner = None
+        origin.file = code.co_filename
+        origin.line = frame.f_lineno
+    else:
+        origin.owner, origin.file, origin.line = observe_site(frame, leaf)
+    _records[id(obj)] = origin
+    if len(_records) > _sweep_at:
+        _sweep()
 
 
 # -- patching ------------------------------------------------------------------------------
@@ -319,6 +347,8 @@ def _install() -> None:
     if _installed:
         return
     _installed = True
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=refresh_pid)
     sys.meta_path.insert(0, _Finder())
     for name in _TARGETS:
         module = sys.modules.get(name)

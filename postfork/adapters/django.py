@@ -170,10 +170,10 @@ def _retire_dbapi(conn: Any) -> None:
 
 
 def _retire_by_fileno(conn: Any) -> bool:
-    # TODO: MySQLdb (mysqlclient, Django's MySQL/MariaDB backend) has no adapter of its own in
-    # the family table yet. mysqlclient's fileno() names libmariadb's socket: retiring it makes
-    # the COM_QUIT of its close() or finalizer go into a dead socket. Any DBAPI connection with
-    # a fileno() is retired the same way. False: no descriptor known, nothing retired.
+    """A DBAPI connection of a driver the family table does not know (psycopg, psycopg2 and
+    mysqlclient have adapters): retired by the descriptor its ``fileno()`` names, so that the
+    goodbye of its ``close()`` or finalizer goes into a dead socket. False: no descriptor
+    known, nothing retired."""
     fileno = getattr(conn, "fileno", None)
     if not callable(fileno):
         return False

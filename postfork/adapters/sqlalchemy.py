@@ -3,9 +3,11 @@ the child, as ``engine.dispose(close=False)`` does (SQLAlchemy's own recipe for 
 
 ``dispose(close=False)`` only swaps in a new pool (no lock taken, no I/O): the new pool
 connects lazily on first use, and the inherited pool is dropped without closing its
-connections, which are the parent's. Where the driver is psycopg 3 or psycopg2, the dropped
-idle connections' sockets are also retired, so that the child holds no live copy of the
-parent's connections (nothing is sent on them). Connections checked out at fork time belong
+connections, which are the parent's. Where the driver's family is one postfork retires
+(psycopg 3, psycopg2, PyMySQL, mysqlclient: see the family table), the dropped idle
+connections are also retired, so that the child holds no live copy of the parent's connections
+and nothing is sent on them, not even when the child collects them (mysqlclient's deallocator
+sends COM_QUIT). Connections checked out at fork time belong
 to the old pool and stay the parent's: do not fork while holding one.
 """
 

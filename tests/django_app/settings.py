@@ -1,4 +1,4 @@
-"""Settings from the environment (the tests' services): ``POSTGRES_DSN``, ``MARIADB_URL``,
+"""Settings from the environment (the tests' services): ``POSTGRES_DSN``, ``MYSQL_URL``,
 ``REDIS_URL``, ``DJANGO_CACHE_DB`` (the caches' Redis database), ``POSTFORK_DJANGO_TAG`` (names
 this run's connections: PostgreSQL ``application_name``, cache key prefix) and
 ``POSTFORK_DJANGO_INTEGRATION`` (``0`` leaves postfork out, to measure the hazard).
@@ -15,7 +15,7 @@ from urllib.parse import urlparse, urlunparse
 
 def build(env: Mapping[str, str]) -> Dict[str, Any]:
     pg = urlparse(env.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
-    my = urlparse(env.get("MARIADB_URL", "mysql://root@127.0.0.1:3306/test"))
+    my = urlparse(env.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/postfork_test"))
     redis = urlparse(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     cache_url = urlunparse(redis._replace(path=f"/{env.get('DJANGO_CACHE_DB', '11')}"))
     tag = env.get("POSTFORK_DJANGO_TAG", "postfork-django")

@@ -1,0 +1,147 @@
+"""A real keep-alive HTTP/1.1 (and HTTPS) server on 127.0.0.1, run by the test in a thread.
+
+Every response says which connection served it (the client's port, as the server sees it), and
+the server keeps, per connection, the requests and bytes it received and whether the client
+closed it: what a test needs to check from the peer's side that a child never wrote on the
+parent's connection and never closed it (a TLS ``close_notify`` from a child ends the parent's
+session: the server sees end-of-file on that connection).
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+class Connection:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.requests: List[str] = []
+        self.bytes = 0
+        self.closed_by_client = False
+
+
+class _Counting:
+    """The request stream of one connection, counting what the client sent."""
+
+    def __init__(self, raw: Any, record: Connection) -> None:
+        self._raw = raw
+        self._record = record
+
+    def _count(self, data: bytes) -> bytes:
+        self._record.bytes += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        return self._count(self._raw.readline(*args))
+
+    def read(self, *args: Any) -> bytes:
+        return self._count(self._raw.read(*args))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server: "_Server"
+
+    def setup(self) -> None:
+        super().setup()
+        self.record = Connection(self.client_address[1])
+        with self.server.lock:
+            self.server.connections.append(self.record)
+        self.rfile = _Counting(self.rfile, self.record)  # type: ignore[assignment]
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        if self.close_connection:
+            self.record.closed_by_client = self.raw_requestline == b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.record.requests.append(self.path)
+        body = json.dumps({"path": self.path, "port": self.client_address[1],
+                           "n": len(self.record.requests)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, tls_context: Optional[ssl.SSLContext]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.connections: List[Connection] = []
+        self.tls_context = tls_context
+
+    def get_request(self) -> Any:
+        sock, address = super().get_request()
+        if self.tls_context is not None:
+            sock = self.tls_context.wrap_socket(sock, server_side=True)
+        return sock, address
+
+
+def self_signed(folder: Path) -> Dict[str, str]:
+    """A certificate for 127.0.0.1 made here with openssl: {"cert": path, "key": path}."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    return {"cert": str(cert), "key": str(key)}
+
+
+class Peer:
+    """``with Peer() as peer:`` (or ``Peer(tls=folder)``): ``peer.port``, ``peer.url``,
+    ``peer.connections`` (one :class:`Connection` each, in the order they were accepted),
+    ``peer.ca`` (the certificate to trust, with TLS)."""
+
+    def __init__(self, tls: Optional[Path] = None) -> None:
+        context = None
+        self.ca: Optional[str] = None
+        if tls is not None:
+            files = self_signed(tls)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(files["cert"], files["key"])
+            self.ca = files["cert"]
+        self._server = _Server(context)
+        self.port = self._server.server_address[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="http-peer", daemon=True)
+
+    @property
+    def connections(self) -> List[Connection]:
+        with self._server.lock:
+            return list(self._server.connections)
+
+    def connection(self, port: int) -> Connection:
+        return next(c for c in self.connections if c.port == port)
+
+    def __enter__(self) -> "Peer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+socketserver.TCPServer.allow_reuse_address = True

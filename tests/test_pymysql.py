@@ -1,0 +1,252 @@
+"""PyMySQL and ``mysql+pymysql`` SQLAlchemy engines against the real MariaDB, forking for real.
+
+The hazards first, unmanaged: ``close()`` in a child sends COM_QUIT on the parent's socket and
+ends the parent's session (sqlalchemy#7815); a connection used from both processes answers each
+with the other's rows. Then postfork: a registered bare connection is retired in the child
+(``postfork.RetiredError``, also PyMySQL's ``OperationalError``, naming ``postfork.local``),
+an engine's pool reconnects, and the parent's session is the same one afterwards: same
+``CONNECTION_ID()``, still in ``information_schema.PROCESSLIST``, and its ``Questions`` count
+shows that not one statement from 20 children reached it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import warnings
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+import postfork
+from _mysql import (CHILDREN, children_keep_the_parents_session, connect_kwargs, connection_id,
+                    crossed_replies, engine_children_keep_the_parents_session,
+                    in_a_query_at_fork, retired_use, sessions,
+                    sessions_after_a_child_exits_normally, unmanaged_engine_child)
+from postfork import _guard
+from postfork.testing import ChildError, fork_child, run_in_child
+
+pymysql = pytest.importorskip("pymysql")
+
+CALLS = "postfork.local(lambda: pymysql.connect(...))"
+RETIRED = "postfork.RetiredError,pymysql.OperationalError"
+
+
+@pytest.fixture
+def kwargs(mysql_url: str) -> Dict[str, Any]:
+    return connect_kwargs(mysql_url, pymysql)
+
+
+@pytest.fixture
+def observer(kwargs: Dict[str, Any]) -> Iterator[Any]:
+    """A session of the test's own, to look at the others from the server's side."""
+    conn = pymysql.connect(**kwargs, autocommit=True)
+    yield conn
+    conn.close()
+
+
+# -- the hazards, unmanaged ------------------------------------------------------------------
+
+def test_unmanaged_connection_closed_in_a_child_ends_the_parents_session(
+        kwargs: Dict[str, Any], observer: Any) -> None:
+    conn = pymysql.connect(**kwargs)
+    parent = connection_id(conn)
+    run_in_child(conn.close)  # COM_QUIT on the parent's socket
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        connection_id(conn)
+    assert info.value.args[0] == 2013  # Lost connection to MySQL server during query
+    assert parent not in sessions(observer)  # the server ended the parent's session
+
+
+def test_unmanaged_connection_used_by_parent_and_child_crosses_replies(
+        kwargs: Dict[str, Any]) -> None:
+    """Both ask ``SELECT <own tag>, i`` on the one connection for half a second: replies land
+    in the wrong process, silently (measured: most answers were the other process's)."""
+    conn = pymysql.connect(**kwargs)
+    try:
+        child = fork_child(crossed_replies, conn, 2, 0.5)
+        mine = crossed_replies(conn, 1, 0.5)
+        theirs = child.result(timeout=30)
+    finally:
+        conn._force_close()  # its state is garbage: no COM_QUIT
+    assert mine["wrong"] + theirs["wrong"] > 0, (mine, theirs)
+
+
+def test_unmanaged_engine_disposed_in_a_child_ends_the_parents_session(mysql_url: str) -> None:
+    """SQLAlchemy's former recipe, ``engine.dispose()`` in the child, closes the parent's pooled
+    connection (sqlalchemy#7815): the parent's next query fails."""
+    parent, error = unmanaged_engine_child(mysql_url, "pymysql", lambda e: e.dispose())
+    assert parent > 0 and "2013" in error, error
+
+
+# -- postfork ----------------------------------------------------------------------------------
+
+def test_registered_connection_is_retired_and_the_parents_session_survives_20_children(
+        kwargs: Dict[str, Any], observer: Any) -> None:
+    seen = children_keep_the_parents_session(pymysql, kwargs, observer)
+    children = seen["children"]
+    assert len(children) == CHILDREN
+    for child in children:
+        assert child["error"] == RETIRED
+        assert CALLS in child["message"] and "retired" in child["message"]
+        assert child["again"] == child["mine"]  # one session per child, kept
+        assert child["other_number"]  # the retired descriptor number stayed taken
+    own = {child["mine"] for child in children}
+    assert len(own) == CHILDREN  # each child its own session ...
+    assert not own & {seen["parent"], seen["parent_own"]}  # ... none of the parent's
+    assert seen["after"] == seen["parent"] and seen["own_after"] == seen["parent_own"]
+    assert seen["alive"]
+    base, after = seen["questions"]
+    assert after == base  # only the parent's own SHOW reached its session
+
+
+def test_retired_connection_refuses_every_way_back(kwargs: Dict[str, Any],
+                                                   observer: Any) -> None:
+    """Retired means unusable: no silent reconnection behind the application's back
+    (``ping(reconnect=True)``, ``connect()``), no command, no cursor. Closing and collecting it
+    in the child send nothing."""
+    conn = postfork.register(pymysql.connect(**kwargs))
+    parent = connection_id(conn)
+    uses = {
+        "ping(reconnect=True)": lambda c: c.ping(reconnect=True),
+        "ping()": lambda c: c.ping(),
+        "connect()": lambda c: c.connect(),
+        "cursor()": lambda c: c.cursor(),
+        "query": lambda c: c.query("SELECT 1"),
+        "commit": lambda c: c.commit(),
+        "rollback": lambda c: c.rollback(),
+        "begin": lambda c: c.begin(),
+        "select_db": lambda c: c.select_db("test"),
+        "autocommit": lambda c: c.autocommit(True),
+    }
+    cursor = conn.cursor()  # a cursor the parent made before the fork
+
+    def child() -> Dict[str, Any]:
+        sock = conn._sock
+        out: Dict[str, Any] = {name: retired_use(conn, use)[0] for name, use in uses.items()}
+        out["cursor made before fork"] = retired_use(cursor, lambda c: c.execute("SELECT 1"))[0]
+        out["same dead socket"] = conn._sock is sock  # nothing reconnected
+        conn.close()
+        gc.collect()
+        return out
+
+    try:
+        seen = run_in_child(child)
+    finally:
+        postfork.unregister(conn)
+    assert seen.pop("same dead socket") is True
+    assert seen == {name: RETIRED for name in seen}, seen
+    assert connection_id(conn) == parent
+    conn.close()
+
+
+def test_unmanaged_connection_with_a_parent_thread_in_a_query_hangs_the_childs_close(
+        kwargs: Dict[str, Any], observer: Any) -> None:
+    """The hazard when a parent thread is waiting for a reply at fork: the child's ``close()``
+    writes COM_QUIT on the parent's socket, then waits forever for the lock of the buffered
+    reader that the parent thread held. The parent gets its answer, then loses its session."""
+    conn = pymysql.connect(**kwargs)
+    parent = connection_id(conn)
+
+    with in_a_query_at_fork(conn, observer, blocked_in="readinto") as answer:
+        child = fork_child(conn.close)
+        with pytest.raises(ChildError, match="did not finish within 3"):
+            child.result(timeout=3)  # then killed
+    assert answer["row"] == (0, "parent")
+    with pytest.raises(pymysql.err.OperationalError):
+        connection_id(conn)
+    assert parent not in sessions(observer)
+
+
+def test_parent_thread_inside_a_query_at_fork(kwargs: Dict[str, Any], observer: Any) -> None:
+    """A parent thread is waiting for its ``SELECT SLEEP`` reply on the connection when the
+    child is forked: the child's reset sends nothing, and the parent thread gets its own
+    answer, on the same session."""
+    conn = postfork.register(pymysql.connect(**kwargs))
+    parent = connection_id(conn)
+
+    def child() -> Any:
+        report = postfork.reset_all()
+        error = retired_use(conn)[0]
+        conn.close()
+        return report.ok, report.seconds, error
+
+    try:
+        with in_a_query_at_fork(conn, observer, blocked_in="readinto") as answer:
+            ok, seconds, error = run_in_child(child, timeout=20)
+        assert ok and seconds < 1.0 and error == RETIRED
+        assert answer["row"] == (0, "parent")
+        assert connection_id(conn) == parent
+    finally:
+        postfork.unregister(conn)
+        conn.close()
+
+
+def test_child_exiting_normally(kwargs: Dict[str, Any]) -> None:
+    """A worker leaving through ``sys.exit``: PyMySQL's finalizer sends nothing (it only closes
+    the process's copy), so every kind of connection survives; the test keeps it so."""
+    assert sessions_after_a_child_exits_normally("pymysql", kwargs) == {
+        "plain": True, "registered": True, "local": True}
+
+
+def test_registered_engine_pool_reconnects_and_the_parents_session_survives_20_children(
+        mysql_url: str) -> None:
+    seen = engine_children_keep_the_parents_session(mysql_url, "pymysql")
+    children = seen["children"]
+    for child in children:
+        assert child["error"] == RETIRED, child  # the dropped idle connection was retired
+        assert CALLS in child["message"]
+        assert child["again"] == child["mine"] and child["collected"]
+    own = {child["mine"] for child in children}
+    assert len(own) == CHILDREN and seen["parent"] not in own
+    assert seen["after"] == seen["parent"]
+    base, after = seen["questions"]
+    assert after == base
+
+
+# -- the guard ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def guard_mode() -> Iterator[None]:
+    previous = _guard._mode
+    gc.collect()  # clients other tests left in reference cycles are not this test's findings
+    try:
+        yield
+    finally:
+        _guard._set_mode(previous)
+
+
+def test_guard_names_an_unmanaged_connection_and_its_line(kwargs: Dict[str, Any],
+                                                          guard_mode: None) -> None:
+    postfork.guard("warn")
+    unmanaged = pymysql.connect(**kwargs)
+    line = sys._getframe().f_lineno - 1
+    managed = postfork.register(pymysql.connect(**kwargs))
+    managed_line = sys._getframe().f_lineno - 1
+    local = postfork.local(lambda: pymysql.connect(**kwargs))
+    local_line = sys._getframe().f_lineno - 1
+    for conn in (unmanaged, managed, local):
+        connection_id(conn)
+    here = os.path.relpath(__file__)
+
+    def in_child() -> List[Any]:
+        try:
+            report = postfork.reset_all()
+        except postfork.ForkSafetyError as exc:
+            report = exc.report
+        return [(f.kind, f.subject, f.created_at, str(f)) for f in report.findings
+                if f.created_at is not None and f.created_at.startswith(here + ":")]
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            findings = run_in_child(in_child)
+    finally:
+        postfork.unregister(managed)
+    assert [(kind, subject, site) for kind, subject, site, _ in findings] == [
+        ("client", "pymysql.Connection", f"{here}:{line}")], findings
+    assert "pymysql.connect(...)" in findings[0][3]  # the fix names what to build per process
+    assert f"{here}:{managed_line}" not in str(findings) and f"{here}:{local_line}" not in str(findings)
+    for conn in (unmanaged, managed, local):
+        conn.close()
