@@ -357,6 +357,10 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
         lines.append(s.dim("  under uWSGI: threads run in the master, so start uWSGI with "
                            "--py-call-uwsgi-fork-hooks (without it a worker forked while one of "
                            "them holds the GIL hangs before any Python runs: unbit/uwsgi#1149)"))
+    if sys.version_info[:2] == (3, 13):
+        lines.append(s.dim("  under uWSGI on CPython 3.13: leave out --py-call-osafterfork (with it "
+                           "pyuwsgi kills every worker at fork: '_PyRecursiveMutex_Unlock', postfork "
+                           "or not); postfork's uWSGI integration does not need it"))
     lines.append("")
 
     lines.append(s.bold("Connected sockets the worker inherited"))

@@ -143,3 +143,19 @@ def servers() -> "Iterator[List[object]]":
     yield started
     for server in started:
         server.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def restore_guard() -> Iterator[None]:
+    """The test may switch the guard on; afterwards it is as it was. Clients other tests left
+    in reference cycles are collected first: they are not this test's findings."""
+    import gc
+
+    from postfork import _guard
+
+    previous = _guard._mode
+    gc.collect()
+    try:
+        yield
+    finally:
+        _guard._set_mode(previous)

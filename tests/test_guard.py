@@ -5,7 +5,6 @@ MockupDB, real forks."""
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
 import socket
@@ -14,7 +13,7 @@ import sys
 import textwrap
 import threading
 import warnings
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 from urllib.parse import urlparse
 
 import pytest
@@ -28,14 +27,7 @@ redis = pytest.importorskip("redis")
 HERE = os.path.relpath(__file__)  # how creation sites are written: relative to the cwd
 
 
-@pytest.fixture(autouse=True)
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()  # clients other tests left in reference cycles are not this test's findings
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
+pytestmark = pytest.mark.usefixtures("restore_guard")  # tests/conftest.py
 
 
 def _line() -> int:

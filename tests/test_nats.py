@@ -10,7 +10,6 @@ Children run their own event loop (``asyncio.run``), as a worker does.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import shutil
@@ -27,7 +26,6 @@ import pytest
 
 import postfork
 from _servers import Server, free_port
-from postfork import _guard
 from postfork.testing import fork_child, run_in_child
 
 nats = pytest.importorskip("nats")
@@ -310,16 +308,6 @@ def test_reset_twice_in_one_process_keeps_the_childs_connection(
 
 
 # -- the guard --------------------------------------------------------------------------------
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
-
 
 def _findings_in_child() -> List[Dict[str, Any]]:
     with warnings.catch_warnings():

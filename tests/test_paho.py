@@ -9,7 +9,6 @@ topic counts what arrives, and the master counts its ``on_disconnect`` calls.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import threading
@@ -23,7 +22,6 @@ import pytest
 
 import postfork
 from _locks import held_by_a_parent_thread
-from postfork import _guard
 from postfork.testing import ChildError, fork_child, run_in_child
 
 mqtt = pytest.importorskip("paho.mqtt.client")
@@ -310,16 +308,6 @@ def test_reset_sends_nothing_and_child_id_fits_mqtt31() -> None:
 
 
 # -- the guard --------------------------------------------------------------------------------
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
-
 
 def _findings_in_child() -> List[Dict[str, Any]]:
     with warnings.catch_warnings():

@@ -24,7 +24,6 @@ from _mysql import (CHILDREN, children_keep_the_parents_session, connect_kwargs,
                     crossed_replies, engine_children_keep_the_parents_session,
                     in_a_query_at_fork, retired_use, sessions,
                     sessions_after_a_child_exits_normally, unmanaged_engine_child)
-from postfork import _guard
 from postfork.testing import ChildError, fork_child, run_in_child
 
 pymysql = pytest.importorskip("pymysql")
@@ -207,18 +206,8 @@ def test_registered_engine_pool_reconnects_and_the_parents_session_survives_20_c
 
 # -- the guard ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def guard_mode() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()  # clients other tests left in reference cycles are not this test's findings
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
-
-
 def test_guard_names_an_unmanaged_connection_and_its_line(kwargs: Dict[str, Any],
-                                                          guard_mode: None) -> None:
+                                                          restore_guard: None) -> None:
     postfork.guard("warn")
     unmanaged = pymysql.connect(**kwargs)
     line = sys._getframe().f_lineno - 1
