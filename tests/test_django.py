@@ -34,7 +34,6 @@ import pytest
 import postfork
 from _locks import held_by_a_parent_thread
 from _servers import BIN, Server, fresh_interpreter, free_port
-from postfork import _guard
 from postfork.testing import ChildError, fork_child, run_in_child
 
 django = pytest.importorskip("django")
@@ -345,16 +344,6 @@ def test_a_second_forced_reset_keeps_the_childs_own_connections(services: None) 
 
 
 # -- 3. the guard -------------------------------------------------------------------------------
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
-
 
 def _line() -> int:
     return sys._getframe(1).f_lineno
