@@ -2,7 +2,8 @@
 and cache included; Django's psycopg pool (``OPTIONS={"pool": True}``); Django's ``RedisCache``
 and django-redis.
 
-What a forked child inherits, read from Django 5.2, asgiref 3.13 and django-redis 7.0:
+What a forked child inherits, read from Django 5.2, asgiref 3.13 and django-redis 7.0 (the tests
+pass with Django 6.1 on CPython 3.12 as well):
 
 - ``connections`` (a ``ConnectionHandler``) keeps its ``DatabaseWrapper`` objects in an
   ``asgiref.local.Local`` that is a thread-local: every thread builds its own wrapper per alias
