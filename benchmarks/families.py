@@ -70,6 +70,32 @@ def _psycopg_pool_call(pool: Any) -> Any:
         return conn.execute("SELECT 1").fetchone()
 
 
+def _django_connections() -> Any:
+    """A ``ConnectionHandler`` of its own (as ``django.db.connections``), connected."""
+    from urllib.parse import urlparse
+
+    import django
+    from django.conf import settings
+    from django.db.utils import ConnectionHandler
+
+    if not settings.configured:
+        settings.configure(USE_TZ=True, DATABASES={})
+        django.setup()
+    u = urlparse(POSTGRES_DSN)
+    handler = ConnectionHandler({"default": {
+        "ENGINE": "django.db.backends.postgresql", "NAME": u.path.lstrip("/"),
+        "USER": u.username or "", "PASSWORD": u.password or "", "HOST": u.hostname or "",
+        "PORT": str(u.port or 5432), "CONN_MAX_AGE": None}})
+    _django_call(handler)
+    return handler
+
+
+def _django_call(handler: Any) -> Any:
+    with handler["default"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()
+
+
 def _mysql_local(module: str) -> Callable[[], Any]:
     """A bare MySQL connection is retired in a worker: what an application uses instead is
     ``postfork.local(lambda: <driver>.connect(...))``, built and used in the master. Its reset
@@ -180,6 +206,8 @@ def _kombu() -> Any:
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
+    Spec("django", "Django `connections` (PostgreSQL)", _django_connections, _django_call,
+         close=lambda handler: handler.close_all()),
     Spec("pymysql", "PyMySQL `Connection` (`postfork.local`)", _mysql_local("pymysql"), _select_1,
          register=lambda local: local),  # a local registers itself
     Spec("mysqlclient", "mysqlclient `MySQLdb` connection (`postfork.local`)",

@@ -29,18 +29,22 @@ class Kind:
     that returns the object), None for a class the guard does not watch; ``leaf``: the client
     builds these for itself later, in one of its methods (a pool connecting): such an object
     belongs to the tracked client whose method is on the stack; ``calls``: what the user writes
-    to build one, for hints (``create_engine(url)``).
+    to build one, for hints (``create_engine(url)``); ``fix``: the guard's advice for an unmanaged
+    one, where the generic one (``postfork.register(client)``, or ``postfork.local(lambda:
+    calls)``) is not what the user should do (Django's connections are managed by one line in
+    ``INSTALLED_APPS``, not one by one).
     """
 
-    __slots__ = ("name", "adapter", "track", "leaf", "calls")
+    __slots__ = ("name", "adapter", "track", "leaf", "calls", "fix")
 
     def __init__(self, name: str, adapter: str, *, track: Optional[str] = None, leaf: bool = False,
-                 calls: str = "") -> None:
+                 calls: str = "", fix: str = "") -> None:
         self.name = name
         self.adapter = adapter
         self.track = track
         self.leaf = leaf
         self.calls = calls or name.rsplit(".", 1)[-1] + "(...)"
+        self.fix = fix
 
     def __repr__(self) -> str:
         return f"Kind({self.name!r})"
@@ -63,6 +67,10 @@ def _self(name: str) -> str:
     module, _, attr = name.rpartition(".")
     return f"{module}:{attr}"
 
+
+_DJANGO_FIX = ("add 'postfork.integrations.django' to INSTALLED_APPS (first is best): it manages "
+               "django.db.connections and django.core.cache.caches, every thread's connection "
+               "and cache included, in every worker")
 
 FAMILIES: Tuple[Family, ...] = (
     Family("redis", ("redis",), (
@@ -112,6 +120,25 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("psycopg2.pool.AbstractConnectionPool", "psycopg2:pool",
              track=_self("psycopg2.pool.AbstractConnectionPool"),
              calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
+    )),
+    Family("django", ("django", "django_redis"), (
+        # The handlers hold every thread's connections and caches: registering them (one line in
+        # INSTALLED_APPS does) manages all, including those opened later.
+        Kind("django.db.utils.ConnectionHandler", "django:connections",
+             calls="django.db.connections", fix=_DJANGO_FIX),
+        Kind("django.core.cache.CacheHandler", "django:caches",
+             calls="django.core.cache.caches", fix=_DJANGO_FIX),
+        Kind("django.utils.connection.ConnectionProxy", "django:proxy",
+             calls="django.db.connection", fix=_DJANGO_FIX),
+        Kind("django.db.backends.base.base.BaseDatabaseWrapper", "django:database",
+             track=_self("django.db.backends.base.base.BaseDatabaseWrapper"),
+             calls="django.db.connections[alias]", fix=_DJANGO_FIX),
+        Kind("django.core.cache.backends.redis.RedisCache", "django:redis_cache",
+             track=_self("django.core.cache.backends.redis.RedisCache"),
+             calls="django.core.cache.caches[alias]", fix=_DJANGO_FIX),
+        Kind("django_redis.cache.RedisCache", "django:django_redis_cache",
+             track=_self("django_redis.cache.RedisCache"),
+             calls="django.core.cache.caches[alias]", fix=_DJANGO_FIX),
     )),
     Family("http.client", ("http",), (
         Kind("http.client.HTTPConnection", "http_client:connection",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     R = TypeVar("R", bound=Callable[[Any], Any])
 
-__all__ = ["adapter", "find_adapter", "qualname", "type_name", "calls_for"]
+__all__ = ["adapter", "find_adapter", "qualname", "type_name", "calls_for", "fix_for"]
 
 _user: Dict[str, Adapter] = {}
 _entry_points: Optional[Dict[str, Any]] = None  # loaded once, on the first miss
@@ -50,6 +50,15 @@ def calls_for(obj: Any) -> str:
         if kind is not None:
             return kind.calls
     return f"{type(obj).__name__}(...)"
+
+
+def fix_for(obj: Any) -> str:
+    """The family table's own advice for an unmanaged one like ``obj``, or "" (the generic)."""
+    for klass in type(obj).__mro__:
+        kind = kind_of_name(qualname(klass))
+        if kind is not None:
+            return kind.fix
+    return ""
 
 
 def adapter(target: Union[str, type], *, close: Optional[Callable[[Any], Any]] = None,

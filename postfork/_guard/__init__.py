@@ -17,7 +17,7 @@ from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from .. import _settings
 from .._errors import ConfigError, ForkSafetyError, ForkSafetyWarning
-from .._lookup import calls_for, find_adapter, type_name
+from .._lookup import calls_for, find_adapter, fix_for, type_name
 from .._mphooks import forked_by_multiprocessing, handlers, multiprocessing_after_fork
 from .._registry import REGISTRY, log, registered, run_one
 from .._report import Entry, Finding, Report
@@ -143,7 +143,8 @@ def _client_finding(obj: Any, origin: _tracking.Origin, here: int) -> Finding:
         if _inventory.bound_to_a_loop(obj):
             text += (" It is bound to the master's event loop: on this worker's loop it fails "
                      "('attached to a different loop', 'Event loop is closed').")
-    return Finding("client", text, site, origin.pid, _FIX_CLIENT.format(calls=calls_for(obj)), name)
+    fix = fix_for(obj) or _FIX_CLIENT.format(calls=calls_for(obj))
+    return Finding("client", text, site, origin.pid, fix, name)
 
 
 def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here: int,
