@@ -113,6 +113,21 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("psycopg2.pool.AbstractConnectionPool"),
              calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
     )),
+    Family("pymemcache", ("pymemcache",), (
+        # a PooledClient / HashClient builds its Clients for itself: leaf, owned by it
+        Kind("pymemcache.client.base.Client", "pymemcache:client",
+             track=_self("pymemcache.client.base.Client"), leaf=True,
+             calls="pymemcache.Client((host, port))"),
+        Kind("pymemcache.client.base.PooledClient", "pymemcache:pooled",
+             track=_self("pymemcache.client.base.PooledClient"),
+             calls="pymemcache.PooledClient((host, port))"),
+        Kind("pymemcache.client.hash.HashClient", "pymemcache:hash_client",
+             track=_self("pymemcache.client.hash.HashClient"),
+             calls="pymemcache.HashClient(servers)"),
+        Kind("pymemcache.client.retrying.RetryingClient", "pymemcache:retrying",
+             track=_self("pymemcache.client.retrying.RetryingClient"),
+             calls="pymemcache.RetryingClient(pymemcache.Client((host, port)))"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

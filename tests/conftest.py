@@ -17,6 +17,7 @@ import pytest
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+MEMCACHED_URL = os.environ.get("MEMCACHED_URL", "memcache://127.0.0.1:11211")
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
@@ -61,6 +62,16 @@ def amqp_url() -> str:
     if not _tcp_up(AMQP_URL, 5672):
         _missing(f"RabbitMQ at {AMQP_URL}", "connection refused")
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> "tuple[str, int]":
+    """(host, port) of the memcached at MEMCACHED_URL."""
+    pytest.importorskip("pymemcache")
+    if not _tcp_up(MEMCACHED_URL, 11211):
+        _missing(f"memcached at {MEMCACHED_URL}", "connection refused")
+    u = urlparse(MEMCACHED_URL)
+    return u.hostname or "127.0.0.1", u.port or 11211
 
 
 @pytest.fixture
