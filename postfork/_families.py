@@ -113,6 +113,15 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("psycopg2.pool.AbstractConnectionPool"),
              calls="psycopg2.pool.ThreadedConnectionPool(1, 10, dsn)"),
     )),
+    Family("asyncpg", ("asyncpg",), (
+        # a Pool builds its connections for itself: leaf
+        Kind("asyncpg.connection.Connection", "asyncpg:connection",
+             track=_self("asyncpg.connection.Connection"), leaf=True,
+             calls="asyncpg.create_pool(dsn)"),  # per process: a pool, awaited there
+        # not weakly referenceable (__slots__ without __weakref__): the guard cannot hold one,
+        # it names the pool's connections instead, at the line that created the pool
+        Kind("asyncpg.pool.Pool", "asyncpg:pool", calls="asyncpg.create_pool(dsn)"),
+    )),
     Family("pymemcache", ("pymemcache",), (
         # a PooledClient / HashClient builds its Clients for itself: leaf, owned by it
         Kind("pymemcache.client.base.Client", "pymemcache:client",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from .._errors import retired_error
 
-__all__ = ["retire_fd", "retire_methods"]
+__all__ = ["retire_fd", "retire_methods", "retire_by_class"]
 
 
 def retire_fd(fd: int) -> None:
@@ -37,16 +37,65 @@ def retire_methods(obj: Any, names: Iterable[str], calls: str, *library_errors: 
     instance of each of ``library_errors``) in this process, by instance attributes that shadow
     the class's methods. The class and every other instance are untouched; ``calls`` is what
     the user writes to build one (``psycopg.connect(dsn)``), for the message."""
+    retired = _raiser(obj, calls, library_errors)
+    for name in names:
+        setattr(obj, name, retired)
+
+
+def _raiser(obj: Any, calls: str, library_errors: Tuple[type, ...],
+            fix: Optional[str] = None) -> Callable[..., Any]:
     kind = f"{type(obj).__module__.split('.')[0]}.{type(obj).__qualname__}"
     message = (
         f"postfork retired this {kind} in pid {os.getpid()}: it was inherited from the parent "
         f"process and cannot be reconnected without network I/O, and using the parent's "
-        f"connection from here would corrupt it. Build one per process instead: "
-        f"postfork.local(lambda: {calls})"
+        f"connection from here would corrupt it. "
+        + (fix or f"Build one per process instead: postfork.local(lambda: {calls})")
     )
 
     def retired(*args: Any, **kwargs: Any) -> Any:
         raise retired_error(message, *library_errors)
 
-    for name in names:
-        setattr(obj, name, retired)
+    return retired
+
+
+_retired_classes: Dict[Tuple[type, Tuple[str, ...]], type] = {}
+
+
+def retire_by_class(obj: Any, names: Iterable[str], calls: str, *library_errors: type,
+                    fix: Optional[str] = None) -> None:
+    """:func:`retire_methods` for an object with ``__slots__`` and no ``__dict__`` (asyncpg's
+    ``Connection``), where an instance attribute cannot shadow a method: ``obj`` becomes an
+    instance of a subclass of its class, made once per class, whose methods ``names`` raise
+    :class:`postfork.RetiredError` (also each of ``library_errors``). ``isinstance`` checks
+    still hold; the class and every other instance are untouched. The subclass adds no slot,
+    so Python allows the ``__class__`` assignment (same layout). ``fix``: the message's last
+    sentence, where ``postfork.local(lambda: calls)`` is not the way out (an async client,
+    whose factory would have to await)."""
+    cls = type(obj)
+    names = tuple(names)
+    if cls.__dict__.get("__postfork_retired__"):  # retired already (a forced second reset)
+        cls = cls.__mro__[1]
+    retired_cls = _retired_classes.get((cls, names))
+    if retired_cls is None:
+        namespace: Dict[str, Any] = {"__slots__": (), "__module__": cls.__module__,
+                                     "__qualname__": cls.__qualname__,
+                                     "__postfork_retired__": True}
+        for name in names:
+            namespace[name] = _retired_method(name)
+        meta: Any = type(cls)  # the class's own metaclass (asyncpg's ConnectionMeta)
+        retired_cls = meta(cls.__name__, (cls,), namespace)
+        _retired_classes[(cls, names)] = retired_cls
+    obj.__class__ = retired_cls
+    # Each instance's message names its own kind and this pid.
+    _messages[id(obj)] = _raiser(obj, calls, library_errors, fix)
+
+
+_messages: Dict[int, Callable[..., Any]] = {}  # id(retired object) -> its raiser; kept forever
+
+
+def _retired_method(name: str) -> Callable[..., Any]:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return _messages[id(self)](*args, **kwargs)
+
+    method.__name__ = name
+    return method
