@@ -82,12 +82,19 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("redis.asyncio.connection.ConnectionPool"),
              calls="redis.asyncio.ConnectionPool.from_url(url)"),
     )),
-    Family("pymongo", ("pymongo", "bson", "gridfs"), (
+    Family("pymongo", ("pymongo", "bson", "gridfs", "motor"), (
         Kind("pymongo.synchronous.mongo_client.MongoClient", "pymongo:client",
              track=_self("pymongo.synchronous.mongo_client.MongoClient"), calls="MongoClient(url)"),
         # PyMongo < 4.9 defines it here
         Kind("pymongo.mongo_client.MongoClient", "pymongo:client",
              track=_self("pymongo.mongo_client.MongoClient"), calls="MongoClient(url)"),
+        Kind("pymongo.asynchronous.mongo_client.AsyncMongoClient", "pymongo:async_client",
+             track=_self("pymongo.asynchronous.mongo_client.AsyncMongoClient"),
+             calls="AsyncMongoClient(url)"),
+        # Motor (deprecated for PyMongo's AsyncMongoClient): wraps a MongoClient, its delegate
+        Kind("motor.motor_asyncio.AsyncIOMotorClient", "pymongo:motor_client",
+             track=_self("motor.motor_asyncio.AsyncIOMotorClient"),
+             calls="AsyncMongoClient(url)"),
     )),
     Family("sqlalchemy", ("sqlalchemy",), (
         Kind("sqlalchemy.engine.base.Engine", "sqlalchemy:engine",
