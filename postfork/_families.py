@@ -144,6 +144,23 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("pymemcache.client.retrying.RetryingClient"),
              calls="pymemcache.RetryingClient(pymemcache.Client((host, port)))"),
     )),
+    Family("confluent_kafka", ("confluent_kafka",), (
+        # The binding's own types are static C types: their construction cannot be observed
+        # (no __new__ to wrap, no module function that returns them) and they cannot be weakly
+        # referenced, so the guard does not know them (see the report); their Python
+        # subclasses it does.
+        Kind("cimpl.Producer", "confluent_kafka:handle", calls="Producer(conf)"),
+        Kind("cimpl.Consumer", "confluent_kafka:handle", calls="Consumer(conf)"),
+        Kind("confluent_kafka.cimpl.Producer", "confluent_kafka:handle", calls="Producer(conf)"),
+        Kind("confluent_kafka.cimpl.Consumer", "confluent_kafka:handle", calls="Consumer(conf)"),
+        Kind("confluent_kafka.serializing_producer.SerializingProducer", "confluent_kafka:handle",
+             track=_self("confluent_kafka.serializing_producer.SerializingProducer"),
+             calls="SerializingProducer(conf)"),
+        Kind("confluent_kafka.deserializing_consumer.DeserializingConsumer",
+             "confluent_kafka:handle",
+             track=_self("confluent_kafka.deserializing_consumer.DeserializingConsumer"),
+             calls="DeserializingConsumer(conf)"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

@@ -89,6 +89,43 @@ def mockupdb() -> Iterator["object"]:
         server.stop()
 
 
+_KAFKA_MOCK = """
+import os, sys
+from confluent_kafka import Producer
+p = Producer({"test.mock.num.brokers": 1, "log_level": 3})
+broker = next(iter(p.list_topics(timeout=10).brokers.values()))
+print(f"{broker.host}:{broker.port}", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+os._exit(0)
+"""
+
+
+@pytest.fixture
+def kafka_broker() -> Iterator["tuple[str, int]"]:
+    """librdkafka's mock cluster (one broker), in a process of its own on 127.0.0.1:
+    (bootstrap servers, that process's pid: its sockets are the broker's side)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("confluent_kafka")
+    proc = subprocess.Popen([sys.executable, "-c", _KAFKA_MOCK], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        bootstrap = proc.stdout.readline().strip() if proc.stdout else ""
+        if not bootstrap:
+            _missing("librdkafka's mock cluster", "it did not start")
+        yield bootstrap, proc.pid
+    finally:
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe:
+                pipe.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture
 def redis_key() -> str:
     return f"postfork-test:{uuid.uuid4().hex}"
