@@ -246,18 +246,22 @@ def test_registered_producer_is_retired_and_local_gives_the_child_its_own(
     try:
         results = [run_in_child(child, timeout=60, reset=explicit_reset) for _ in range(2)]
         deliver(parent, topic, "parent-after")
+        after_ports = own_ports(kafka_broker)
     finally:
         postfork.unregister(parent)
         postfork.unregister(local)
+        parent.close()
+    # librdkafka may drop its bootstrap connection once it knows the broker by id, at any
+    # time: "held" below is at least one of the same connections, not all of them.
     mine = []
     for error, still_a_producer, inherited_left, ports, seen in results:
         assert "postfork.local(lambda: Producer(conf))" in error and still_a_producer
         assert inherited_left == set()  # the parent's connections are retired in the child
         assert ports and ports.isdisjoint(parent_ports)
-        assert ports <= seen and parent_ports <= seen  # both, at once, on the broker's side
+        assert ports & seen and parent_ports & seen  # both held, at once, on the broker's side
         mine.append(ports)
     assert mine[0].isdisjoint(mine[1])
-    assert own_ports(kafka_broker) == parent_ports  # the parent's connections are the same
+    assert after_ports & parent_ports  # the parent's connections are the same
     got = consume_all(kafka_broker, topic, want=4)
     assert sorted(got) == sorted(["parent-before", "parent-after"] +
                                  [m for m in got if m.startswith("child-")])
@@ -271,7 +275,7 @@ def test_hazard_unmanaged_child_shares_the_parents_connections(kafka_broker: Bro
     deliver(parent, topic, "parent")
     parent_ports = own_ports(kafka_broker)
     inherited = run_in_child(lambda: own_ports(kafka_broker))
-    assert inherited == parent_ports  # the child holds the parent's broker connections
+    assert inherited & parent_ports  # the child holds the parent's broker connections
     def produce_and_flush() -> int:
         parent.produce(topic, b"from-child")
         return int(parent.flush())  # waits for the parent's threads, which are not here
@@ -279,7 +283,8 @@ def test_hazard_unmanaged_child_shares_the_parents_connections(kafka_broker: Bro
     with pytest.raises(ChildError, match="did not finish"):
         run_in_child(produce_and_flush, timeout=3)
     deliver(parent, topic, "parent-after")  # the parent's own producer is unaffected
-    assert own_ports(kafka_broker) == parent_ports
+    assert own_ports(kafka_broker) & parent_ports
+    parent.close()
 
 
 # -- 3. the guard ------------------------------------------------------------------------------
@@ -315,6 +320,8 @@ def test_guard_names_an_unmanaged_serializing_producer_by_its_line(
             found = run_in_child(_findings)
     finally:
         postfork.unregister(managed)
+        unmanaged.close()
+        managed.close()
     here = os.path.relpath(__file__)
     assert ("client", "confluent_kafka.SerializingProducer", f"{here}:{line}") in found, found
     assert not [f for f in found if f[2] == f"{here}:{managed_line}"]
@@ -338,6 +345,7 @@ def test_guard_and_a_plain_producer(kafka_broker: Broker, topic: str, restore_gu
             found = run_in_child(_findings)
     finally:
         postfork.unregister(producer)
-    sockets = [f for f in found if f[0] == "socket" and f[1] == kafka_broker[0]]
-    assert len(sockets) == (0 if registered else len(ports)), (found, ports)
+        producer.close()
+    sockets = {f[1] for f in found if f[0] == "socket"}
+    assert (kafka_broker[0] in sockets) is not registered, (found, ports)
     assert not [f for f in found if f[0] == "client"]  # not known as a client: a guard change

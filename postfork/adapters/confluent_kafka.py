@@ -88,9 +88,9 @@ def reset_handle(obj: Any) -> None:
     calls = _calls_for(obj)
     kind = f"confluent_kafka.{calls.split('(')[0]}"
     if hasattr(obj, "__dict__"):
-        retire_methods(obj, names, calls, RuntimeError)
+        retire_methods(obj, names, calls)  # RetiredError is a RuntimeError, as the binding's
     else:
-        retire_by_class(obj, names, calls, RuntimeError, kind=kind)
+        retire_by_class(obj, names, calls, kind=kind)
 
 
 # -- the handle's broker connections -------------------------------------------------------
