@@ -15,7 +15,6 @@ import os
 import socket
 import sys
 import threading
-import time
 import warnings
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -30,7 +29,7 @@ AsyncMongoClient = getattr(pymongo, "AsyncMongoClient", None)
 if AsyncMongoClient is None:
     pytest.skip("PyMongo < 4.9 has no AsyncMongoClient", allow_module_level=True)
 
-from test_pymongo import Seen, mongo  # noqa: E402,F401 - MockupDB recording pings (a fixture)
+from test_pymongo import Seen, mongo, quiet  # noqa: E402,F401 - MockupDB recording pings (a fixture)
 
 FORK_WARNING = "opened before fork"
 
@@ -63,19 +62,8 @@ def ping_here(loop: asyncio.AbstractEventLoop, client: Any, tag: str) -> None:
     loop.run_until_complete(asyncio.wait_for(aping(client, tag), 20))
 
 
-def quiet(baseline: int) -> None:
-    """Wait until MockupDB's per-connection threads of earlier children have ended.
-
-    A fork without hooks (uWSGI's) does not re-create the threading module's locks in the
-    child: forked while a MockupDB thread of this process was starting or ending (holding
-    threading's internal lock), a child that starts a thread (asyncio resolves host names on
-    one) waits forever. The test forks when no such thread is on its way."""
-    deadline = time.monotonic() + 10
-    while threading.active_count() > baseline and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def hookless(func: Any, *args: Any, baseline: int) -> Any:
+    """A fork without hooks (uWSGI's), once MockupDB's threads have settled (``quiet``)."""
     quiet(baseline)
     return fork_child(func, *args, reset=False, hooks=False)
 
