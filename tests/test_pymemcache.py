@@ -170,7 +170,7 @@ def test_unmanaged_client_answers_incr_with_other_processes_counters(
     results = _run_shared(client, _incr_hammer, _counters(client, tag), reset=False)
     client.close()
     crossed = sum(r.get("other process's", 0) for r in results)
-    assert crossed > 0, results  # measured: 900-2000 of 8000 replies were another process's
+    assert crossed > 0, results  # measured: 1,300-7,500 of 8,000 were another process's
 
 
 def test_unmanaged_client_gets_fail_on_replies_for_other_keys(
