@@ -39,13 +39,17 @@ class Spec:
 
     def __init__(self, key: str, what: str, build: Callable[[], Any], call: Callable[[Any], Any],
                  close: Callable[[Any], Any] = lambda c: c.close(),
-                 register: Optional[Callable[[Any], Any]] = None) -> None:
+                 register: Optional[Callable[[Any], Any]] = None,
+                 use: Optional[Callable[[Any], Any]] = None) -> None:
         self.key = key
         self.what = what
         self.build = build
         self.call = call
         self.close = close
         self.register = register
+        # For a family whose registered client is retired in a worker: what the worker calls
+        # instead (its postfork.local), built in the child from the registered client.
+        self.use = use
 
 
 def _redis() -> Any:
@@ -203,6 +207,105 @@ def _kombu() -> Any:
     return conn
 
 
+MEMCACHED = ("127.0.0.1", int(os.environ.get("MEMCACHED_PORT", "11211")))
+
+
+def _memcache() -> Any:
+    from pymemcache.client.base import Client
+
+    client = Client(MEMCACHED, timeout=5)
+    client.get("postfork-bench")
+    return client
+
+
+_own_loops: Dict[int, Any] = {}
+
+
+def _loop() -> Any:
+    """This process's event loop, kept across calls (asyncio clients bind to one)."""
+    import asyncio
+
+    loop = _own_loops.get(os.getpid())
+    if loop is None:
+        loop = _own_loops[os.getpid()] = asyncio.new_event_loop()
+    return loop
+
+
+def _asyncpg_pool() -> Any:
+    import asyncpg
+
+    async def build() -> Any:
+        pool = await asyncpg.create_pool(POSTGRES_DSN, min_size=1, max_size=2)
+        await pool.fetchval("SELECT 1")
+        return pool
+
+    return _loop().run_until_complete(build())
+
+
+def _mockupdb_uri() -> str:
+    """A MockupDB answering ping, started once in the benchmark process (no MongoDB here)."""
+    global _mockupdb
+    if _mockupdb is None:
+        from mockupdb import MockupDB
+
+        _mockupdb = MockupDB(auto_ismaster={"maxWireVersion": 17, "minWireVersion": 0},
+                             max_wire_version=17)
+        _mockupdb.autoresponds("ping", ok=1)
+        _mockupdb.run()
+    return str(_mockupdb.uri)
+
+
+_mockupdb: Any = None
+
+
+def _async_mongo() -> Any:
+    from pymongo import AsyncMongoClient
+
+    client = AsyncMongoClient(_mockupdb_uri(), serverSelectionTimeoutMS=10_000)
+    _loop().run_until_complete(client.admin.command("ping"))
+    return client
+
+
+_kafka: List[str] = []
+
+
+def _kafka_bootstrap() -> str:
+    """librdkafka's mock cluster in a process of its own, started once."""
+    if not _kafka:
+        import atexit
+        import subprocess
+        import sys
+
+        script = ("import os, sys\nfrom confluent_kafka import Producer\n"
+                  "p = Producer({'test.mock.num.brokers': 1, 'log_level': 0})\n"
+                  "b = next(iter(p.list_topics(timeout=10).brokers.values()))\n"
+                  "print(f'{b.host}:{b.port}', flush=True)\nsys.stdin.read()\nos._exit(0)\n")
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        atexit.register(proc.kill)
+        _kafka.append(proc.stdout.readline().strip() if proc.stdout else "")
+    return _kafka[0]
+
+
+def _kafka_producer() -> Any:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": _kafka_bootstrap(), "log_level": 0})
+    _kafka_call(producer)
+    return producer
+
+
+def _kafka_call(producer: Any) -> Any:
+    producer.produce("postfork-bench", b"x")
+    return producer.flush(10)  # the round trip: produced and acknowledged
+
+
+def _kafka_local(registered: Any) -> Any:
+    import postfork
+
+    return postfork.local(_kafka_producer)
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
@@ -220,6 +323,16 @@ SPECS: List[Spec] = [
          register=_pika_local),
     Spec("kombu", "kombu `Connection` (py-amqp)", _kombu,
          lambda conn: conn.default_channel.basic_qos(0, 1, False), close=lambda c: c.release()),
+    Spec("pymemcache", "pymemcache `Client`", _memcache, lambda c: c.get("postfork-bench")),
+    Spec("asyncpg", "asyncpg `Pool` (reopened on the child's loop)", _asyncpg_pool,
+         lambda p: _loop().run_until_complete(p.fetchval("SELECT 1")),
+         close=lambda p: _loop().run_until_complete(p.close())),
+    Spec("async_pymongo", "PyMongo `AsyncMongoClient` (MockupDB)", _async_mongo,
+         lambda c: _loop().run_until_complete(c.admin.command("ping")),
+         close=lambda c: _loop().run_until_complete(c.close())),
+    Spec("confluent_kafka", "confluent-kafka `Producer` (mock cluster; retired, the child "
+         "calls its `postfork.local`)", _kafka_producer, _kafka_call,
+         close=lambda p: p.flush(10), use=_kafka_local),
 ]
 
 
@@ -240,7 +353,7 @@ def _measure(spec: Spec, quick: bool) -> List[Row]:
         t0 = time.perf_counter()
         plain = spec.build()  # the alternative: a new client in the worker, and its first call
         fresh = time.perf_counter() - t0
-        managed = registered[0]
+        managed = spec.use(registered[0]) if spec.use else registered[0]
         spec.call(managed)  # reconnects after the reset
         paired: List[float] = []
         for n in range(rounds):

@@ -90,12 +90,19 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("redis.asyncio.connection.ConnectionPool"),
              calls="redis.asyncio.ConnectionPool.from_url(url)"),
     )),
-    Family("pymongo", ("pymongo", "bson", "gridfs"), (
+    Family("pymongo", ("pymongo", "bson", "gridfs", "motor"), (
         Kind("pymongo.synchronous.mongo_client.MongoClient", "pymongo:client",
              track=_self("pymongo.synchronous.mongo_client.MongoClient"), calls="MongoClient(url)"),
         # PyMongo < 4.9 defines it here
         Kind("pymongo.mongo_client.MongoClient", "pymongo:client",
              track=_self("pymongo.mongo_client.MongoClient"), calls="MongoClient(url)"),
+        Kind("pymongo.asynchronous.mongo_client.AsyncMongoClient", "pymongo:async_client",
+             track=_self("pymongo.asynchronous.mongo_client.AsyncMongoClient"),
+             calls="AsyncMongoClient(url)"),
+        # Motor (deprecated for PyMongo's AsyncMongoClient): wraps a MongoClient, its delegate
+        Kind("motor.motor_asyncio.AsyncIOMotorClient", "pymongo:motor_client",
+             track=_self("motor.motor_asyncio.AsyncIOMotorClient"),
+             calls="AsyncMongoClient(url)"),
     )),
     Family("sqlalchemy", ("sqlalchemy",), (
         Kind("sqlalchemy.engine.base.Engine", "sqlalchemy:engine",
@@ -187,6 +194,47 @@ FAMILIES: Tuple[Family, ...] = (
              calls="connection.Producer()"),
         Kind("kombu.resource.Resource", "kombu:pool", calls="connection.Pool(limit)"),
         Kind("kombu.pools.PoolGroup", "kombu:pool_group", calls="kombu.pools.connections"),
+    )),
+    Family("asyncpg", ("asyncpg",), (
+        # a Pool builds its connections for itself: leaf
+        Kind("asyncpg.connection.Connection", "asyncpg:connection",
+             track=_self("asyncpg.connection.Connection"), leaf=True,
+             calls="asyncpg.create_pool(dsn)"),  # per process: a pool, awaited there
+        # not weakly referenceable (__slots__ without __weakref__): the guard cannot hold one,
+        # it names the pool's connections instead, at the line that created the pool
+        Kind("asyncpg.pool.Pool", "asyncpg:pool", calls="asyncpg.create_pool(dsn)"),
+    )),
+    Family("pymemcache", ("pymemcache",), (
+        # a PooledClient / HashClient builds its Clients for itself: leaf, owned by it
+        Kind("pymemcache.client.base.Client", "pymemcache:client",
+             track=_self("pymemcache.client.base.Client"), leaf=True,
+             calls="pymemcache.Client((host, port))"),
+        Kind("pymemcache.client.base.PooledClient", "pymemcache:pooled",
+             track=_self("pymemcache.client.base.PooledClient"),
+             calls="pymemcache.PooledClient((host, port))"),
+        Kind("pymemcache.client.hash.HashClient", "pymemcache:hash_client",
+             track=_self("pymemcache.client.hash.HashClient"),
+             calls="pymemcache.HashClient(servers)"),
+        Kind("pymemcache.client.retrying.RetryingClient", "pymemcache:retrying",
+             track=_self("pymemcache.client.retrying.RetryingClient"),
+             calls="pymemcache.RetryingClient(pymemcache.Client((host, port)))"),
+    )),
+    Family("confluent_kafka", ("confluent_kafka",), (
+        # The binding's own types are static C types: their construction cannot be observed
+        # (no __new__ to wrap, no module function that returns them) and they cannot be weakly
+        # referenced, so the guard does not know them (see the report); their Python
+        # subclasses it does.
+        Kind("cimpl.Producer", "confluent_kafka:handle", calls="Producer(conf)"),
+        Kind("cimpl.Consumer", "confluent_kafka:handle", calls="Consumer(conf)"),
+        Kind("confluent_kafka.cimpl.Producer", "confluent_kafka:handle", calls="Producer(conf)"),
+        Kind("confluent_kafka.cimpl.Consumer", "confluent_kafka:handle", calls="Consumer(conf)"),
+        Kind("confluent_kafka.serializing_producer.SerializingProducer", "confluent_kafka:handle",
+             track=_self("confluent_kafka.serializing_producer.SerializingProducer"),
+             calls="SerializingProducer(conf)"),
+        Kind("confluent_kafka.deserializing_consumer.DeserializingConsumer",
+             "confluent_kafka:handle",
+             track=_self("confluent_kafka.deserializing_consumer.DeserializingConsumer"),
+             calls="DeserializingConsumer(conf)"),
     )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,

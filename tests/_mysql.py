@@ -195,7 +195,8 @@ def engine_children_keep_the_parents_session(url: str, driver: str,
     """A registered ``mysql+<driver>`` engine whose pool holds the parent's connection at
     fork; ``children`` forked at once, each: the dropped DBAPI connection raises, the engine
     answers on a connection of the child's own (the pool reconnects), ``dispose()`` closes it,
-    and the dropped one is garbage-collected (mysqlclient's deallocator runs ``mysql_close``)."""
+    and the dropped one stays referenced (the engine's adapter keeps what its reset dropped, so
+    no finalizer of the parent's connection runs in the child)."""
     import gc
     import weakref
 

@@ -25,6 +25,7 @@ AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 MYSQL_URL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/postfork_test")
 MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+MEMCACHED_URL = os.environ.get("MEMCACHED_URL", "memcache://127.0.0.1:11211")
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
@@ -123,6 +124,16 @@ def broker_connections(amqp_url: str) -> Callable[[], Dict[int, Dict[str, Any]]]
     return listing
 
 
+@pytest.fixture(scope="session")
+def memcached_server() -> "tuple[str, int]":
+    """(host, port) of the memcached at MEMCACHED_URL."""
+    pytest.importorskip("pymemcache")
+    if not _tcp_up(MEMCACHED_URL, 11211):
+        _missing(f"memcached at {MEMCACHED_URL}", "connection refused")
+    u = urlparse(MEMCACHED_URL)
+    return u.hostname or "127.0.0.1", u.port or 11211
+
+
 @pytest.fixture
 def mockupdb() -> Iterator["object"]:
     """A MockupDB server speaking the MongoDB wire protocol (maxWireVersion 17), answering
@@ -136,6 +147,43 @@ def mockupdb() -> Iterator["object"]:
         yield server
     finally:
         server.stop()
+
+
+_KAFKA_MOCK = """
+import os, sys
+from confluent_kafka import Producer
+p = Producer({"test.mock.num.brokers": 1, "log_level": 3})
+broker = next(iter(p.list_topics(timeout=10).brokers.values()))
+print(f"{broker.host}:{broker.port}", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+os._exit(0)
+"""
+
+
+@pytest.fixture
+def kafka_broker() -> Iterator["tuple[str, int]"]:
+    """librdkafka's mock cluster (one broker), in a process of its own on 127.0.0.1:
+    (bootstrap servers, that process's pid: its sockets are the broker's side)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("confluent_kafka")
+    proc = subprocess.Popen([sys.executable, "-c", _KAFKA_MOCK], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        bootstrap = proc.stdout.readline().strip() if proc.stdout else ""
+        if not bootstrap:
+            _missing("librdkafka's mock cluster", "it did not start")
+        yield bootstrap, proc.pid
+    finally:
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe:
+                pipe.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

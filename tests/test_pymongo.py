@@ -18,6 +18,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -40,6 +41,18 @@ def fork_without_hooks(func: Callable[..., Any], *args: Any) -> Child:
     """Fork with libc's fork(): no at-fork hook runs in the child (neither PyMongo's nor
     postfork's), as under uWSGI; the child calls what it needs itself."""
     return fork_child(func, *args, reset=False, hooks=False)
+
+
+def quiet(baseline: int) -> None:
+    """Wait until MockupDB's per-connection threads of earlier children have ended.
+
+    A fork without hooks does not re-create the threading module's locks in the child: forked
+    while a MockupDB thread of this process was starting or ending (holding threading's
+    internal lock), a child that starts a thread (PyMongo's monitors) waits forever. Children
+    that connect are therefore forked one at a time, when no such thread is on its way."""
+    deadline = time.monotonic() + 10
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 # -- MockupDB, seen from the server ------------------------------------------------------------
@@ -130,8 +143,11 @@ def test_each_hookless_child_pings_over_its_own_connection(mongo: Tuple[Any, See
     ping(client, "parent")
     postfork.register(client)
 
-    children = [fork_without_hooks(reset_and_ping, client, f"child-{i}") for i in range(3)]
-    results = [child.result(30) for child in children]
+    baseline = threading.active_count()
+    results = []
+    for i in range(3):  # one at a time: see quiet()
+        quiet(baseline)
+        results.append(fork_without_hooks(reset_and_ping, client, f"child-{i}").result(30))
     ping(client, "parent-after")
 
     parent_ports = seen.ports("parent")

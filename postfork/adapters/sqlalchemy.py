@@ -4,16 +4,17 @@ the child, as ``engine.dispose(close=False)`` does (SQLAlchemy's own recipe for 
 ``dispose(close=False)`` only swaps in a new pool (no lock taken, no I/O): the new pool
 connects lazily on first use, and the inherited pool is dropped without closing its
 connections, which are the parent's. Where the driver's family is one postfork retires
-(psycopg 3, psycopg2, PyMySQL, mysqlclient: see the family table), the dropped idle
-connections are also retired, so that the child holds no live copy of the parent's connections
-and nothing is sent on them, not even when the child collects them (mysqlclient's deallocator
-sends COM_QUIT). Connections checked out at fork time belong
-to the old pool and stay the parent's: do not fork while holding one.
+(psycopg 3, psycopg2, PyMySQL, mysqlclient, asyncpg, whose connection SQLAlchemy's
+``AdaptedConnection`` holds as ``driver_connection``: see the family table), the dropped idle
+connections are retired too, so that the child holds no live copy of the parent's
+connections and nothing is sent on them, not even by a finalizer (mysqlclient's deallocator
+sends COM_QUIT, asyncpg's Terminate); they stay referenced. Connections checked out at fork
+time belong to the old pool and stay the parent's: do not fork while holding one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, List
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List
 
 from .._contract import Adapter
 from .._lookup import find_adapter
@@ -30,13 +31,36 @@ def reset_engine(engine: "Engine") -> None:
     """Give ``engine`` a new pool in this process; retire the inherited idle connections."""
     old = engine.pool
     engine.dispose(close=False)
+    dropped = _dropped.setdefault(id(engine), [])
     for record in _idle_records(old):
-        _retire_driver_connection(getattr(record, "driver_connection", None))
+        conn = getattr(record, "driver_connection", None)
+        _retire_driver_connection(conn)
+        if conn is not None:
+            dropped.append(conn)
 
 
 def reset_async_engine(engine: "AsyncEngine") -> None:
     """The same on the ``AsyncEngine``'s sync engine: swapping the pool needs no await."""
     reset_engine(engine.sync_engine)
+
+
+# id(engine) -> the driver connections its resets dropped in this process, kept referenced
+# (their finalizers must not run here) and counted as the engine's by the guard.
+_dropped: Dict[int, List[Any]] = {}
+
+
+def _engine_manages(engine: "Engine") -> List[Any]:
+    """The driver connections an engine's reset covers, for the guard: those of its pool and
+    those its resets dropped. Under asyncio they are opened from a greenlet, whose frames the
+    guard cannot see from the connection's construction, so it cannot tell they are the
+    engine's (asyncpg's ``Connection`` is tracked; psycopg's sync one is owned through the
+    engine's method on the stack)."""
+    conns = [getattr(r, "driver_connection", None) for r in _idle_records(engine.pool)]
+    return [c for c in conns if c is not None] + _dropped.get(id(engine), [])
+
+
+def _async_engine_manages(engine: "AsyncEngine") -> List[Any]:
+    return _engine_manages(engine.sync_engine)
 
 
 def _idle_records(pool: "Pool") -> Iterable[Any]:
@@ -82,5 +106,5 @@ def _dispose_async(engine: "AsyncEngine") -> None:
         pass
 
 
-engine = Adapter(reset_engine, close=_dispose)
-async_engine = Adapter(reset_async_engine, close=_dispose_async)
+engine = Adapter(reset_engine, close=_dispose, manages=_engine_manages)
+async_engine = Adapter(reset_async_engine, close=_dispose_async, manages=_async_engine_manages)
