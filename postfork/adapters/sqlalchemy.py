@@ -14,6 +14,8 @@ time belong to the old pool and stay the parent's: do not fork while holding one
 
 from __future__ import annotations
 
+import weakref
+
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List
 
 from .._contract import Adapter
@@ -31,7 +33,7 @@ def reset_engine(engine: "Engine") -> None:
     """Give ``engine`` a new pool in this process; retire the inherited idle connections."""
     old = engine.pool
     engine.dispose(close=False)
-    dropped = _dropped.setdefault(id(engine), [])
+    dropped = _dropped.setdefault(engine, [])
     for record in _idle_records(old):
         conn = getattr(record, "driver_connection", None)
         _retire_driver_connection(conn)
@@ -44,9 +46,9 @@ def reset_async_engine(engine: "AsyncEngine") -> None:
     reset_engine(engine.sync_engine)
 
 
-# id(engine) -> the driver connections its resets dropped in this process, kept referenced
-# (their finalizers must not run here) and counted as the engine's by the guard.
-_dropped: Dict[int, List[Any]] = {}
+# engine -> the driver connections its resets dropped in this process, kept referenced (their
+# finalizers must not run here) and counted as the engine's by the guard.
+_dropped: "weakref.WeakKeyDictionary[Any, List[Any]]" = weakref.WeakKeyDictionary()
 
 
 def _engine_manages(engine: "Engine") -> List[Any]:
@@ -56,7 +58,7 @@ def _engine_manages(engine: "Engine") -> List[Any]:
     engine's (asyncpg's ``Connection`` is tracked; psycopg's sync one is owned through the
     engine's method on the stack)."""
     conns = [getattr(r, "driver_connection", None) for r in _idle_records(engine.pool)]
-    return [c for c in conns if c is not None] + _dropped.get(id(engine), [])
+    return [c for c in conns if c is not None] + _dropped.get(engine, [])
 
 
 def _async_engine_manages(engine: "AsyncEngine") -> List[Any]:
