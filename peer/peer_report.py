@@ -65,8 +65,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
-    if os.getpid() == _pid and report.failed:
+    if os.getpid() != _pid:
+        return
+    if report.failed:
         _note(report.nodeid or "<collection>", "error", report)
+    elif report.skipped:  # a whole module skipped: pytest.importorskip at import time
+        _note(report.nodeid, "skipped", report)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
