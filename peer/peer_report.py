@@ -8,6 +8,10 @@ Outcomes per node id: ``passed``, ``failed`` (the test body), ``error`` (setup, 
 collection), ``skipped``, ``xfailed``, ``xpassed``. Only the process that started pytest writes
 the file: a test that forks a child which goes on to finish a pytest session (it happens)
 would otherwise overwrite it.
+
+While a test runs, its node id is in ``$POSTFORK_PEER_REPORT.running``: when pytest dies
+(pytest-timeout ends the whole process from its timer thread, a crash), the runner can name the
+test it died in.
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ def _message(report: Any) -> str:
     text = getattr(crash, "message", None) or getattr(report, "longreprtext", "") or ""
     text = " ".join(str(text).split())
     return text[:_MESSAGE_CHARS]
+
+
+def pytest_runtest_logstart(nodeid: str, location: object) -> None:
+    path = os.environ.get(ENV)
+    if path and os.getpid() == _pid:
+        with open(path + ".running", "w", encoding="utf-8") as f:
+            f.write(nodeid)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -86,3 +97,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
+    try:
+        os.unlink(path + ".running")
+    except FileNotFoundError:
+        pass

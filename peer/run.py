@@ -52,7 +52,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_DIR = ROOT / "peer"
@@ -236,6 +236,7 @@ class Cell:
     findings: Dict[str, int] = field(default_factory=dict)   # by kind: client, thread, socket
     resets: int = 0
     reset_failures: List[str] = field(default_factory=list)  # distinct, first few
+    retries: List[str] = field(default_factory=list)  # pytest died and ran again: why
 
     def counts(self) -> Dict[str, int]:
         c = {"passed": 0, "failed": 0, "skipped": 0}
@@ -394,53 +395,89 @@ def child_env(mode: str, report: Path, forks: Path, suite: Suite) -> Dict[str, s
     return env
 
 
+@dataclass
+class Attempt:
+    """One pytest invocation's result."""
+
+    status: str             # ran | timeout | crashed
+    detail: str = ""
+    data: Optional[Dict[str, Any]] = None  # peer_report's JSON
+    log: str = ""
+    forks: Optional[Path] = None
+
+
+def run_pytest(py: Path, src: Path, suite: Suite, mode: str, run: Run, stem: str, cache: Path,
+               select: Optional[str], limit: int) -> Attempt:
+    logs = cache / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    report, log, forks = (logs / f"{stem}{ext}" for ext in (".json", ".log", ".forks.jsonl"))
+    running = Path(f"{report}.running")
+    for path in (report, forks, running):
+        path.unlink(missing_ok=True)
+    cmd = [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "peer_report"]
+    if mode != BASELINE:
+        cmd += ["-p", "postfork_peer"]
+    cmd += [*run.args, *(["-k", select] if select else []), *run.paths]
+    what = " ".join(run.paths)
+    attempt = Attempt("ran", log=str(log), forks=forks)
+    with open(log, "w") as out:
+        out.write(f"# cwd {src}\n# {shlex.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, cwd=src, env=child_env(mode, report, forks, suite),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            attempt.status, attempt.detail = "timeout", f"{what} ran over {limit} s"
+    died_in = running.read_text().strip() if running.exists() else ""
+    if report.exists():
+        attempt.data = json.loads(report.read_text())
+        # 0 all passed, 1 some failed, 5 nothing selected (-k); else pytest itself broke
+        status = attempt.data["exitstatus"]
+        if status not in (0, 1, 5) and attempt.status == "ran":
+            attempt.status, attempt.detail = "crashed", f"pytest exit status {status} for {what}"
+    elif attempt.status == "ran":
+        why = ("pytest-timeout ended the process"
+               if "+++ Timeout +++" in log.read_text(errors="replace") else
+               f"pytest exit status {proc.returncode}, no report")
+        attempt.status = "crashed"
+        attempt.detail = f"{why}, in {died_in or what}"
+    elif died_in:
+        attempt.detail += f", in {died_in}"
+    return attempt
+
+
 def run_cell(py: Path, src: Path, suite: Suite, mode: str, cache: Path,
              select: Optional[str], timeout: Optional[int],
              runs: Optional[Sequence[Run]] = None, tag: str = "") -> Cell:
-    """Run the suite's pytest invocations (or ``runs``) in one mode; ``tag`` names the logs."""
+    """Run the suite's pytest invocations (or ``runs``) in one mode; ``tag`` names the logs.
+
+    A pytest process that dies (pytest-timeout's per-test limit ends the whole process; redis-py
+    sets 30 s) leaves no outcome for the rest of its tests, so that invocation runs once more
+    and the cell says so; a second death, or the runner's own time limit, ends the cell."""
     cell = Cell(suite.name, mode)
-    logs = cache / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     for i, run in enumerate(suite.runs if runs is None else runs):
         stem = f"{suite.name}-{mode}{tag}-{i}"
-        report = logs / f"{stem}.json"
-        log = logs / f"{stem}.log"
-        forks = logs / f"{stem}.forks.jsonl"
-        report.unlink(missing_ok=True)
-        forks.unlink(missing_ok=True)
-        cmd = [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "peer_report"]
-        if mode != BASELINE:
-            cmd += ["-p", "postfork_peer"]
-        cmd += [*run.args, *(["-k", select] if select else []), *run.paths]
         limit = timeout or suite.timeout
-        with open(log, "w") as out:
-            out.write(f"# cwd {src}\n# {' '.join(cmd)}\n")
-            out.flush()
-            proc = subprocess.Popen(cmd, cwd=src, env=child_env(mode, report, forks, suite),
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                proc.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-                cell.status, cell.detail = "timeout", f"{' '.join(run.paths)} ran over {limit} s"
-        cell.logs.append(str(log))
-        if forks.exists():
-            count_activity(cell, forks)
-        if report.exists():
-            data = json.loads(report.read_text())
-            cell.outcomes.update(data["outcomes"])
-            cell.messages.update(data["messages"])
-            if mode == BASELINE and data["postfork_imported"]:
-                cell.status, cell.detail = "crashed", "postfork was imported in the baseline"
-            # 0 all passed, 1 some failed, 5 nothing selected (-k); else pytest itself broke
-            if data["exitstatus"] not in (0, 1, 5) and cell.status == "ran":
-                cell.status = "crashed"
-                cell.detail = f"pytest exit status {data['exitstatus']} for {' '.join(run.paths)}"
-        elif cell.status == "ran":
-            cell.status = "crashed"
-            cell.detail = f"pytest exit status {proc.returncode}, no report, for {' '.join(run.paths)}"
+        attempt = run_pytest(py, src, suite, mode, run, stem, cache, select, limit)
+        if attempt.status == "crashed":
+            cell.retries.append(f"first attempt died: {attempt.detail}")
+            progress(f"[{suite.name}] {mode}: pytest died ({attempt.detail}); running it again")
+            cell.logs.append(attempt.log)
+            attempt = run_pytest(py, src, suite, mode, run, stem + "-retry", cache, select, limit)
+        cell.logs.append(attempt.log)
+        if attempt.forks is not None and attempt.forks.exists():
+            count_activity(cell, attempt.forks)
+        if attempt.data is not None:
+            cell.outcomes.update(attempt.data["outcomes"])
+            cell.messages.update(attempt.data["messages"])
+            if mode == BASELINE and attempt.data["postfork_imported"]:
+                attempt.status, attempt.detail = "crashed", "postfork was imported in the baseline"
+        if attempt.status != "ran" and cell.status == "ran":
+            cell.status, cell.detail = attempt.status, attempt.detail
     cell.seconds = round(time.monotonic() - started, 1)
     return cell
 
@@ -539,7 +576,7 @@ def verdict(base: Optional[Cell], cell: Cell) -> str:
     if cell.status != "ran":
         return f"{cell.status}: {cell.detail}" if cell.detail else cell.status
     if cell.mode == BASELINE:
-        return "baseline"
+        return "baseline" + ("; pytest died once and ran again (below)" if cell.retries else "")
     if base is None or base.status != "ran":
         return "no baseline to compare with"
     bad, flaky = cell.unexpected, cell.flaky
@@ -554,6 +591,8 @@ def verdict(base: Optional[Cell], cell: Cell) -> str:
     if flaky:
         parts.append(f"{len(flaky)} flaky, not reproduced on rerun: "
                      + ", ".join(short(d.nodeid) for d in flaky[:VERDICT_NAMES]))
+    if cell.retries:
+        parts.append("pytest died once and ran again (below)")
     return "; ".join(parts)
 
 
@@ -597,7 +636,7 @@ def table(cells: Sequence[Cell], modes: Sequence[str], suites: Sequence[Suite]) 
             n = c.counts()
             text = f"{n['passed']} passed, {n['failed']} failed, {n['skipped']} skipped ({c.seconds:.0f} s)"
             v = verdict(grid.get((s.name, BASELINE)), c)
-            row.append(text if v == "baseline" else f"{text}: {v}")
+            row.append(f"{text}: {v}" if v != "baseline" else text)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -668,6 +707,10 @@ def details(cells: Sequence[Cell], suites: Sequence[Suite]) -> str:
             if message:
                 text.append(f"    {message}")
             text += [f"    {nodeid}" for nodeid in nodeids]
+    retried = [f"- {c.suite} / {c.mode}: {r}" for c in cells for r in c.retries]
+    if retried:
+        text += ["", "pytest processes that died and ran again (the outcomes above are the second run's):",
+                 *retried]
     notes = [f"- {s.name}: {s.note}" for s in suites if s.note]
     if notes:
         text += ["", "Notes:", *notes]
