@@ -224,7 +224,7 @@ class Diff:
 class Cell:
     suite: str
     mode: str
-    status: str = "ran"   # ran | timeout | crashed | no-tests | service-down | not-run
+    status: str = "ran"   # ran | timeout | crashed | no-tests | service-down
     detail: str = ""
     seconds: float = 0.0
     outcomes: Dict[str, str] = field(default_factory=dict)
