@@ -29,7 +29,7 @@ editable from this checkout, the libraries pinned to the project venv's versions
 the suites' test dependencies: their pytest plugins load in every suite, alike in every mode),
 the sdists, the unpacked sources (re-unpacked on each run) and each run's pytest log. The tests
 run from the sdist's root, so they import the library's released source from there. Services: Redis at
-127.0.0.1:6379 on database 13 (redis-py's tests flush their database; never 0), PostgreSQL at
+127.0.0.1:6379 on database 15 (redis-py's tests flush their database; never 0), PostgreSQL at
 127.0.0.1:5432 in a database of its own, ``postfork_peer``, created on first use (SQLAlchemy's
 tests create and drop tables). Nothing is pointed anywhere but 127.0.0.1.
 """
@@ -62,7 +62,7 @@ PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 MODES = ("none", "off", "warn", "reset")
 BASELINE = "none"
 
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 13
+REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"  # the project's test DSN
