@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Iterator, List
 from urllib.parse import urlparse
 
@@ -112,6 +113,12 @@ def mockupdb() -> Iterator["object"]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for ``_http_peer.Peer(tls=...)``: its self-signed certificate is made once."""
+    return tmp_path_factory.mktemp("tls")
 
 
 @pytest.fixture
