@@ -117,6 +117,17 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("http.client.HTTPConnection", "http_client:connection",
              track=_self("http.client.HTTPConnection"), calls="http.client.HTTPConnection(host, port)"),
     )),
+    Family("urllib3", ("urllib3",), (
+        Kind("urllib3.poolmanager.PoolManager", "urllib3:pool_manager",
+             track=_self("urllib3.poolmanager.PoolManager"), calls="urllib3.PoolManager()"),
+        # leaf: a PoolManager builds its pools, and a pool its connections, when used
+        Kind("urllib3.connectionpool.HTTPConnectionPool", "urllib3:pool",
+             track=_self("urllib3.connectionpool.HTTPConnectionPool"), leaf=True,
+             calls="urllib3.HTTPConnectionPool(host, port)"),
+        Kind("urllib3.connection.HTTPConnection", "urllib3:connection",
+             track=_self("urllib3.connection.HTTPConnection"), leaf=True,
+             calls="urllib3.connection.HTTPConnection(host, port)"),
+    )),
     Family("pymysql", ("pymysql",), (
         # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
         Kind("pymysql.connections.Connection", "pymysql:connection",
