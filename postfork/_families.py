@@ -128,6 +128,12 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("urllib3.connection.HTTPConnection"), leaf=True,
              calls="urllib3.connection.HTTPConnection(host, port)"),
     )),
+    Family("requests", ("requests",), (
+        Kind("requests.sessions.Session", "requests:session",
+             track=_self("requests.sessions.Session"), calls="requests.Session()"),
+        Kind("requests.adapters.HTTPAdapter", "requests:adapter",
+             track=_self("requests.adapters.HTTPAdapter"), calls="requests.adapters.HTTPAdapter()"),
+    )),
     Family("pymysql", ("pymysql",), (
         # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
         Kind("pymysql.connections.Connection", "pymysql:connection",
