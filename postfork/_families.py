@@ -134,6 +134,14 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("requests.adapters.HTTPAdapter", "requests:adapter",
              track=_self("requests.adapters.HTTPAdapter"), calls="requests.adapters.HTTPAdapter()"),
     )),
+    Family("httpx", ("httpx", "httpcore", "anyio", "h11", "h2"), (
+        # httpx sets __module__ = "httpx" on its public classes; defined in httpx._client
+        Kind("httpx.Client", "httpx:client", track="httpx._client:Client", calls="httpx.Client()"),
+        Kind("httpx.AsyncClient", "httpx:client", track="httpx._client:AsyncClient",
+             calls="httpx.AsyncClient()"),
+        Kind("httpcore.ConnectionPool", "httpx:pool", calls="httpcore.ConnectionPool()"),
+        Kind("httpcore.AsyncConnectionPool", "httpx:pool", calls="httpcore.AsyncConnectionPool()"),
+    )),
     Family("pymysql", ("pymysql",), (
         # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
         Kind("pymysql.connections.Connection", "pymysql:connection",
