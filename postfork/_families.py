@@ -142,6 +142,10 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("httpcore.ConnectionPool", "httpx:pool", calls="httpcore.ConnectionPool()"),
         Kind("httpcore.AsyncConnectionPool", "httpx:pool", calls="httpcore.AsyncConnectionPool()"),
     )),
+    Family("aiohttp", ("aiohttp", "aiohappyeyeballs", "yarl", "multidict"), (
+        Kind("aiohttp.client.ClientSession", "aiohttp:session",
+             track=_self("aiohttp.client.ClientSession"), calls="aiohttp.ClientSession()"),
+    )),
     Family("pymysql", ("pymysql",), (
         # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
         Kind("pymysql.connections.Connection", "pymysql:connection",
