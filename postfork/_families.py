@@ -146,6 +146,23 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("aiohttp.client.ClientSession", "aiohttp:session",
              track=_self("aiohttp.client.ClientSession"), calls="aiohttp.ClientSession()"),
     )),
+    Family("logging", ("logging",), (
+        # DatagramHandler is a SocketHandler: its construction is observed through it
+        Kind("logging.handlers.SocketHandler", "logging:socket_handler",
+             track=_self("logging.handlers.SocketHandler"),
+             calls="logging.handlers.SocketHandler(host, port)"),
+        Kind("logging.handlers.DatagramHandler", "logging:socket_handler",
+             calls="logging.handlers.DatagramHandler(host, port)"),
+        Kind("logging.handlers.SysLogHandler", "logging:syslog_handler",
+             track=_self("logging.handlers.SysLogHandler"),
+             calls="logging.handlers.SysLogHandler(address)"),
+        Kind("logging.handlers.QueueHandler", "logging:queue_handler",
+             track=_self("logging.handlers.QueueHandler"),
+             calls="logging.handlers.QueueHandler(queue)"),
+        Kind("logging.handlers.QueueListener", "logging:queue_listener",
+             track=_self("logging.handlers.QueueListener"),
+             calls="logging.handlers.QueueListener(queue, *handlers)"),
+    )),
     Family("pymysql", ("pymysql",), (
         # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
         Kind("pymysql.connections.Connection", "pymysql:connection",

@@ -164,19 +164,22 @@ def in_children(func: Any, count: int = 20, batch: int = 5, timeout: float = 30)
     return results
 
 
-def guard_findings(tmp_path: Path, code: str, timeout: float = 60) -> List[Any]:
+def guard_findings(tmp_path: Path, code: str, timeout: float = 60,
+                   kinds: Optional[List[str]] = None) -> List[Any]:
     """Run ``code`` (an app that turns the guard on and builds clients) as ``app.py`` in a new
     interpreter, fork once, and return the child's client findings as
-    ``[(subject, created_at), ...]``. The code's lines are numbered from 1."""
+    ``[(subject, created_at), ...]`` (with ``kinds``: the findings of those kinds, as
+    ``(kind, subject, created_at)``). The code's lines are numbered from 1."""
     import sys
     import textwrap
 
     script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(code) + textwrap.dedent("""
+    script.write_text(textwrap.dedent(code) + f"KINDS = {kinds or ['client']!r}\n" + textwrap.dedent("""
         import os as _os, json as _json
         _pid = _os.fork()
         if _pid == 0:
-            _found = [[f.subject, f.created_at] for f in postfork.check() if f.kind == "client"]
+            _found = [[f.kind, f.subject, f.created_at] for f in postfork.check()
+                      if f.kind in KINDS]
             print("FINDINGS " + _json.dumps(_found), flush=True)
             _os._exit(0)
         _os.waitpid(_pid, 0)
@@ -185,7 +188,8 @@ def guard_findings(tmp_path: Path, code: str, timeout: float = 60) -> List[Any]:
                           timeout=timeout, cwd=tmp_path)
     for line in done.stdout.splitlines():
         if line.startswith("FINDINGS "):
-            return [tuple(f) for f in json.loads(line[len("FINDINGS "):])]
+            found = json.loads(line[len("FINDINGS "):])
+            return [tuple(f) if kinds else tuple(f[1:]) for f in found]
     raise AssertionError(f"no findings printed: {done.stdout}\n{done.stderr}")
 
 
