@@ -229,3 +229,29 @@ class PausedChild:
         os.close(self._go_w)
         os.close(self._ready_r)
         return self._child.result(timeout=timeout)
+
+
+def sockets_to(port: int) -> int:
+    """How many descriptors of this process are sockets connected to 127.0.0.1:``port``: in a
+    child after its resets, the parent's connection must not be one of them (a retired
+    descriptor is a dead socketpair; a closed one is gone)."""
+    import os
+    import socket
+
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_INET and sock.getpeername() == ("127.0.0.1", port):
+                count += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return count

@@ -18,12 +18,12 @@ import asyncio
 import os
 import threading
 from pathlib import Path
-from typing import Any, Coroutine, Dict, Iterator, List, Set
+from typing import Any, Coroutine, Dict, Iterator, List, Set, Tuple
 
 import pytest
 
 import postfork
-from _http_peer import PausedChild, Peer, guard_findings, in_children
+from _http_peer import PausedChild, Peer, guard_findings, in_children, sockets_to
 from postfork.testing import run_in_child
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -199,14 +199,16 @@ def test_reset_sends_nothing(master_loop: LoopThread) -> None:
         port = master_loop.run(aget(session, peer.url + "/one"))["port"]
         before = peer.connection(port).bytes
 
-        def child() -> str:
+        def child() -> Tuple[int, str]:
+            still_open = sockets_to(peer.port)  # retired: a dead socket under the number
             error = _error_of(aget(session, peer.url + "/child"))
             in_own_loop(session.close())
-            return error
+            return still_open, error
 
         paused = PausedChild(child)
         paused.wait_reset()
-        assert "RetiredError" in paused.resume()
+        still_open, error = paused.resume()
+        assert still_open == 0 and "RetiredError" in error
         assert len(peer.connections) == 1 and peer.connection(port).bytes == before
         assert not peer.connection(port).closed_by_client
         master_loop.run(session.close())

@@ -22,7 +22,7 @@ from typing import Any, Coroutine, Dict, Iterator, List
 import pytest
 
 import postfork
-from _http_peer import PausedChild, Peer, guard_findings, in_children
+from _http_peer import PausedChild, Peer, guard_findings, in_children, sockets_to
 from postfork.testing import run_in_child
 
 httpx = pytest.importorskip("httpx")
@@ -191,10 +191,11 @@ def test_reset_sends_nothing_until_the_first_request(asynchronous: bool, tls_fol
             parent_port = get(client, peer.url + "/one")["port"]
             first = lambda: get(client, peer.url + "/first")["port"]
         before = peer.connection(parent_port).bytes
-        child = PausedChild(first)
+        child = PausedChild(lambda: (sockets_to(peer.port), first()))
         child.wait_reset()
         assert len(peer.connections) == 1 and peer.connection(parent_port).bytes == before
-        assert child.resume() != parent_port
+        still_open, port = child.resume()
+        assert still_open == 0 and port != parent_port  # closed (sync) or retired (async)
         assert len(peer.connections) == 2
         assert peer.connection(parent_port).requests == ["/one"]
 

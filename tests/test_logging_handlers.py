@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 
 import postfork
-from _http_peer import PausedChild, guard_findings, in_children
+from _http_peer import PausedChild, guard_findings, in_children, sockets_to
 from postfork.testing import run_in_child
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
@@ -342,11 +342,18 @@ def test_reset_sends_nothing_until_the_first_record(name: str, listeners: Any) -
     (master,) = listener.wait_for(1)
     before = dict(listener.bytes)
 
-    child = PausedChild(lambda: logger.info("child first"))
+    port = listener.address[1] if kind == "tcp" else None
+
+    def first() -> int:
+        still_open = sockets_to(port) if port else 0  # the master's TCP connection, here
+        logger.info("child first")
+        return still_open
+
+    child = PausedChild(first)
     child.wait_reset()
     time.sleep(0.1)
     assert listener.bytes == before  # no connection, no byte, no datagram from the reset
-    child.resume()
+    assert child.resume() == 0
     received = listener.wait_for(2)
     assert received[master] == ["master"] and len(received) == 2
     handler.close()

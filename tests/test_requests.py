@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 import pytest
 
 import postfork
-from _http_peer import PausedChild, Peer, guard_findings, in_children
+from _http_peer import PausedChild, Peer, guard_findings, in_children, sockets_to
 from postfork.testing import run_in_child
 
 requests = pytest.importorskip("requests")
@@ -93,10 +93,11 @@ def test_reset_sends_nothing_until_the_first_request(tls_folder: Path) -> None:
         session = postfork.register(_session(peer))
         parent_port = get(session, peer.url + "/one")["port"]
         before = peer.connection(parent_port).bytes
-        child = PausedChild(lambda: get(session, peer.url + "/first")["port"])
+        child = PausedChild(lambda: (sockets_to(peer.port), get(session, peer.url + "/first")["port"]))
         child.wait_reset()
         assert len(peer.connections) == 1 and peer.connection(parent_port).bytes == before
-        assert child.resume() != parent_port
+        still_open, port = child.resume()
+        assert still_open == 0 and port != parent_port
         assert len(peer.connections) == 2
         session.close()
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 import pytest
 
 import postfork
-from _http_peer import PausedChild, Peer, guard_findings, in_children
+from _http_peer import PausedChild, Peer, guard_findings, in_children, sockets_to
 from postfork.testing import run_in_child
 
 urllib3 = pytest.importorskip("urllib3")
@@ -105,12 +105,13 @@ def test_reset_sends_nothing_until_the_first_request(tls_folder: Path) -> None:
         parent_port = get(pm, peer.url + "/one")["port"]
         before = peer.connection(parent_port).bytes
 
-        child = PausedChild(lambda: get(pm, peer.url + "/first")["port"])
+        child = PausedChild(lambda: (sockets_to(peer.port), get(pm, peer.url + "/first")["port"]))
         child.wait_reset()
         time.sleep(0.1)  # anything the reset had sent would have reached the server by now
         assert len(peer.connections) == 1  # the reset opened nothing
         assert peer.connection(parent_port).bytes == before  # and sent nothing
-        port = child.resume()
+        still_open, port = child.resume()
+        assert still_open == 0  # the parent's socket is not open in the child any more
         assert len(peer.connections) == 2 and port != parent_port  # the first request connects
         assert peer.connection(parent_port).requests == ["/one"]
         pm.clear()

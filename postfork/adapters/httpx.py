@@ -65,7 +65,8 @@ def _socket_of(stream: Any) -> Any:
 
 
 def _is_async(pool: Any) -> bool:
-    return type(pool).__module__.startswith("httpcore._async")
+    # (httpcore sets __module__ = "httpcore" on its public classes: ask the interface instead)
+    return hasattr(pool, "handle_async_request")
 
 
 def reset_pool(pool: Any) -> None:
