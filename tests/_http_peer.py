@@ -51,6 +51,7 @@ class _Counting:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK wait
     server: "_Server"
 
     def setup(self) -> None:
