@@ -256,3 +256,22 @@ def sockets_to(port: int) -> int:
         finally:
             sock.close()
     return count
+
+
+def connections_per_child(peer: Peer, parents: List[Connection]) -> Dict[int, int]:
+    """pid -> how many of the server's connections (other than ``parents``) carried that
+    child's requests, read from the paths (``.../child/<pid>/...``). A connection that carried
+    two processes' requests fails the check. Counted by the server's accepted connections, not
+    by client ports: a port can be reused on loopback once an earlier child has exited."""
+    import re
+
+    out: Dict[int, int] = {}
+    for conn in peer.connections:
+        if any(conn is parent for parent in parents):
+            continue
+        pids = {int(m.group(1)) for path in conn.requests
+                for m in [re.search(r"child/(\d+)", path)] if m}
+        assert len(pids) == 1, f"connection from port {conn.port} carried {conn.requests}"
+        pid = pids.pop()
+        out[pid] = out.get(pid, 0) + 1
+    return out

@@ -187,9 +187,10 @@ def test_local_gives_each_worker_its_own_session(server: AioServer,
         return ports
 
     children = in_children(lambda: in_own_loop(two()))
-    ports = [p for ps in children for p in ps]
-    assert all(len(ps) == 1 for ps in children) and len(set(ports)) == 20 and port not in ports
+    assert all(len(ps) == 1 and port not in ps for ps in children)  # its own, kept alive
     assert master_loop.run(aget(http, server.url + "/master-after"))["port"] == port
+    assert server.requests[port] == ["/master", "/master-after"]  # nothing from a child
+    assert sum(len(paths) for paths in server.requests.values()) == 2 + 40
     master_loop.run(http.close())
 
 

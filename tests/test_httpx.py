@@ -17,12 +17,13 @@ import os
 import ssl
 import threading
 from pathlib import Path
-from typing import Any, Coroutine, Dict, Iterator, List
+from typing import Any, Coroutine, Dict, Iterator, List, Tuple
 
 import pytest
 
 import postfork
-from _http_peer import PausedChild, Peer, guard_findings, in_children, sockets_to
+from _http_peer import (PausedChild, Peer, connections_per_child, guard_findings, in_children,
+                        sockets_to)
 from postfork.testing import run_in_child
 
 httpx = pytest.importorskip("httpx")
@@ -129,14 +130,15 @@ def test_unmanaged_async_client_used_under_asyncio_run_fails_in_the_worker() -> 
 # -- registered --------------------------------------------------------------------------------
 
 
-def _check_parent_untouched(peer: Peer, parent_port: int, children: List[List[int]],
-                            paths: List[str]) -> None:
-    assert all(len(set(ports)) == 1 for ports in children)  # keep-alive within a child
-    ports = [ports[0] for ports in children]
-    assert len(set(ports)) == 20 and parent_port not in ports
+def _check_parent_untouched(peer: Peer, parent_port: int,
+                            children: List[Tuple[int, List[int]]], paths: List[str]) -> None:
+    # keep-alive within a child, never on the parent's connection
+    assert all(len(set(ports)) == 1 and parent_port not in ports for _, ports in children)
     parent = peer.connection(parent_port)
     assert parent.requests == paths  # nothing from a child
     assert not parent.closed_by_client and parent.error is None  # no close_notify, no bad MAC
+    # as the server counts them: one new connection per child, none shared
+    assert connections_per_child(peer, [parent]) == {pid: 1 for pid, _ in children}
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
@@ -145,8 +147,9 @@ def test_registered_client_each_child_its_own_pool(tls: bool, tls_folder: Path) 
         client = postfork.register(_client(peer))
         parent_port = get(client, peer.url + "/before")["port"]
 
-        def child() -> List[int]:
-            return [get(client, peer.url + f"/child/{os.getpid()}/{n}")["port"] for n in range(2)]
+        def child() -> Tuple[int, List[int]]:
+            return os.getpid(), [get(client, peer.url + f"/child/{os.getpid()}/{n}")["port"]
+                                 for n in range(2)]
 
         children = in_children(child)
         assert get(client, peer.url + "/after")["port"] == parent_port
@@ -161,9 +164,9 @@ def test_registered_async_client_works_in_each_worker_loop(tls: bool, tls_folder
         client = postfork.register(_client(peer, asynchronous=True))
         parent_port = master_loop.run(aget(client, peer.url + "/before"))["port"]
 
-        async def two_requests() -> List[int]:
-            return [(await aget(client, peer.url + f"/child/{os.getpid()}/{n}"))["port"]
-                    for n in range(2)]
+        async def two_requests() -> Tuple[int, List[int]]:
+            return os.getpid(), [(await aget(client, peer.url + f"/child/{os.getpid()}/{n}"))["port"]
+                                 for n in range(2)]
 
         children = in_children(lambda: in_own_loop(two_requests()))
         assert master_loop.run(aget(client, peer.url + "/after"))["port"] == parent_port

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 import postfork
-from _http_peer import PausedChild, Peer, guard_findings, in_children, sockets_to
+from _http_peer import (PausedChild, Peer, connections_per_child, guard_findings, in_children,
+                        sockets_to)
 from postfork.testing import run_in_child
 
 requests = pytest.importorskip("requests")
@@ -69,22 +70,23 @@ def test_registered_session_every_adapter_each_child_its_own(tls: bool, tls_fold
         mounted_port = get(session, peer.url + "/mounted/before")["port"]
         assert default_port != mounted_port  # one connection per adapter's pool
 
-        def child() -> List[int]:
-            return [get(session, peer.url + f"/{where}child/{os.getpid()}")["port"]
-                    for where in ("", "mounted/", "", "mounted/")]
+        def child() -> Tuple[int, List[int]]:
+            return os.getpid(), [get(session, peer.url + f"/{where}child/{os.getpid()}")["port"]
+                                 for where in ("", "mounted/", "", "mounted/")]
 
         children = in_children(child)
         assert get(session, peer.url + "/after")["port"] == default_port
         assert get(session, peer.url + "/mounted/after")["port"] == mounted_port
 
-        every = [port for ports in children for port in set(ports)]
-        assert all(len(set(ports)) == 2 for ports in children)  # keep-alive on each adapter
-        assert len(every) == len(set(every)) == 40  # nothing shared between children
-        assert not {default_port, mounted_port} & set(every)
-        for port, path in ((default_port, "/"), (mounted_port, "/mounted/")):
-            parent = peer.connection(port)
+        # keep-alive on each adapter, never on the parent's connections
+        assert all(len(set(ports)) == 2 and not {default_port, mounted_port} & set(ports)
+                   for _, ports in children)
+        parents = [peer.connection(default_port), peer.connection(mounted_port)]
+        for parent, path in zip(parents, ("/", "/mounted/")):
             assert parent.requests == [f"{path}before", f"{path}after"]
             assert not parent.closed_by_client and parent.error is None
+        # as the server counts them: two new connections per child (one per adapter), none shared
+        assert connections_per_child(peer, parents) == {pid: 2 for pid, _ in children}
         session.close()
 
 
