@@ -275,3 +275,16 @@ def connections_per_child(peer: Peer, parents: List[Connection]) -> Dict[int, in
         pid = pids.pop()
         out[pid] = out.get(pid, 0) + 1
     return out
+
+
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    """``check()``'s first truthy value, polled until ``timeout`` (then its last value): for
+    what the server's handler thread records just after the client saw the outcome."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import postfork
-from _http_peer import (PausedChild, Peer, connections_per_child, guard_findings, in_children,
-                        sockets_to)
+from _http_peer import (PausedChild, Peer, connections_per_child, eventually, guard_findings,
+                        in_children, sockets_to)
 from postfork.testing import run_in_child
 
 requests = pytest.importorskip("requests")
@@ -55,7 +55,7 @@ def test_unmanaged_tls_child_breaks_the_parent_session(tls_folder: Path) -> None
         run_in_child(lambda: get(session, peer.url + "/child"), reset=False, hooks=False)
         with pytest.raises(requests.exceptions.SSLError, match="BAD_RECORD_MAC"):
             session.get(peer.url + "/after", timeout=10)
-        assert "BAD_RECORD_MAC" in (peer.connection(parent_port).error or "")
+        assert "BAD_RECORD_MAC" in eventually(lambda: peer.connection(parent_port).error)
         session.close()
 
 
