@@ -248,6 +248,8 @@ def test_unmanaged_multiprocessing_queue_loses_the_worker_records() -> None:
     with pytest.raises(queue.Empty):
         got.get(timeout=0.5)
     qlistener.stop()
+    q.close()
+    q.join_thread()  # no feeder thread left behind for the next tests' forks
 
 
 # -- registered --------------------------------------------------------------------------------
@@ -333,6 +335,8 @@ def test_registered_multiprocessing_queue_reaches_the_master_listener() -> None:
         pids.append(got.get(timeout=10))
     assert len(set(pids)) == 5 and all(p.startswith("child ") for p in pids)
     qlistener.stop()
+    q.close()
+    q.join_thread()
 
 
 @pytest.mark.parametrize("name", ["SocketHandler", "DatagramHandler", "SysLogHandler-tcp",
