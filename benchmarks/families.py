@@ -306,6 +306,130 @@ def _kafka_local(registered: Any) -> Any:
     return postfork.local(_kafka_producer)
 
 
+_peers: Dict[str, Any] = {}
+
+
+def _http_url() -> str:
+    """A keep-alive HTTP/1.1 server in a thread of this (the benchmark's) process, started once:
+    the children's requests go to it too."""
+    if "http" not in _peers:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _peers["http"] = f"http://127.0.0.1:{server.server_address[1]}"
+    return str(_peers["http"])
+
+
+def _log_sink() -> Any:
+    """A TCP listener that reads and discards what it is sent (a log receiver)."""
+    if "log" not in _peers:
+        import socket
+        import threading
+
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def drain(conn: Any) -> None:
+            while conn.recv(65536):
+                pass
+
+        def accept() -> None:
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        _peers["log"] = listener.getsockname()
+    return _peers["log"]
+
+
+def _urllib3() -> Any:
+    import urllib3
+
+    pm = urllib3.PoolManager()
+    _urllib3_call(pm)
+    return pm
+
+
+def _urllib3_call(pm: Any) -> Any:
+    return pm.request("GET", _http_url() + "/").data
+
+
+def _requests() -> Any:
+    import requests
+
+    session = requests.Session()
+    session.get(_http_url() + "/")
+    return session
+
+
+def _httpx() -> Any:
+    import httpx
+
+    client = httpx.Client()
+    client.get(_http_url() + "/")
+    return client
+
+
+def _httpx_async() -> Any:
+    import httpx
+
+    async def build() -> Any:
+        client = httpx.AsyncClient()
+        await client.get(_http_url() + "/")
+        return client
+
+    return _in_loop(build())
+
+
+async def _aio_get(session: Any) -> Any:
+    async with session.get(_http_url() + "/") as response:
+        return await response.read()
+
+
+def _aiohttp_local() -> Any:
+    """A ClientSession is retired in a worker: what an application uses instead is
+    ``postfork.local(lambda: aiohttp.ClientSession())``, its instance built in the loop that
+    first uses it."""
+    import aiohttp
+
+    import postfork
+
+    session = postfork.local(lambda: aiohttp.ClientSession())
+    _in_loop(_aio_get(session))
+    return session
+
+
+def _socket_handler() -> Any:
+    import logging
+    import logging.handlers
+
+    handler = logging.handlers.SocketHandler(*_log_sink())
+    _socket_handler_call(handler)
+    return handler
+
+
+def _socket_handler_call(handler: Any) -> Any:
+    import logging
+
+    handler.emit(logging.LogRecord("bench", logging.INFO, __file__, 1, "record", None, None))
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
@@ -333,6 +457,18 @@ SPECS: List[Spec] = [
     Spec("confluent_kafka", "confluent-kafka `Producer` (mock cluster; retired, the child "
          "calls its `postfork.local`)", _kafka_producer, _kafka_call,
          close=lambda p: p.flush(10), use=_kafka_local),
+    Spec("urllib3", "urllib3 `PoolManager` (keep-alive GET)", _urllib3, _urllib3_call,
+         lambda c: c.clear()),
+    Spec("requests", "requests `Session` (keep-alive GET)", _requests,
+         lambda c: c.get(_http_url() + "/").content),
+    Spec("httpx", "httpx `Client` (keep-alive GET)", _httpx, lambda c: c.get(_http_url() + "/").content),
+    Spec("httpx_async", "httpx `AsyncClient` (keep-alive GET, worker's own loop)", _httpx_async,
+         lambda c: _in_loop(c.get(_http_url() + "/")).content, lambda c: _in_loop(c.aclose())),
+    Spec("aiohttp", "aiohttp `ClientSession` (`postfork.local`, keep-alive GET)", _aiohttp_local,
+         lambda c: _in_loop(_aio_get(c)), lambda c: _in_loop(c.close()),
+         register=lambda local: local),  # a local registers itself
+    Spec("logging", "logging `SocketHandler` (one record over TCP)", _socket_handler,
+         _socket_handler_call),
 ]
 
 

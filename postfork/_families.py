@@ -151,6 +151,52 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("http.client.HTTPConnection", "http_client:connection",
              track=_self("http.client.HTTPConnection"), calls="http.client.HTTPConnection(host, port)"),
     )),
+    Family("urllib3", ("urllib3",), (
+        Kind("urllib3.poolmanager.PoolManager", "urllib3:pool_manager",
+             track=_self("urllib3.poolmanager.PoolManager"), calls="urllib3.PoolManager()"),
+        # leaf: a PoolManager builds its pools, and a pool its connections, when used
+        Kind("urllib3.connectionpool.HTTPConnectionPool", "urllib3:pool",
+             track=_self("urllib3.connectionpool.HTTPConnectionPool"), leaf=True,
+             calls="urllib3.HTTPConnectionPool(host, port)"),
+        Kind("urllib3.connection.HTTPConnection", "urllib3:connection",
+             track=_self("urllib3.connection.HTTPConnection"), leaf=True,
+             calls="urllib3.connection.HTTPConnection(host, port)"),
+    )),
+    Family("requests", ("requests",), (
+        Kind("requests.sessions.Session", "requests:session",
+             track=_self("requests.sessions.Session"), calls="requests.Session()"),
+        Kind("requests.adapters.HTTPAdapter", "requests:adapter",
+             track=_self("requests.adapters.HTTPAdapter"), calls="requests.adapters.HTTPAdapter()"),
+    )),
+    Family("httpx", ("httpx", "httpcore", "anyio", "h11", "h2"), (
+        # httpx sets __module__ = "httpx" on its public classes; defined in httpx._client
+        Kind("httpx.Client", "httpx:client", track="httpx._client:Client", calls="httpx.Client()"),
+        Kind("httpx.AsyncClient", "httpx:client", track="httpx._client:AsyncClient",
+             calls="httpx.AsyncClient()"),
+        Kind("httpcore.ConnectionPool", "httpx:pool", calls="httpcore.ConnectionPool()"),
+        Kind("httpcore.AsyncConnectionPool", "httpx:pool", calls="httpcore.AsyncConnectionPool()"),
+    )),
+    Family("aiohttp", ("aiohttp", "aiohappyeyeballs", "yarl", "multidict"), (
+        Kind("aiohttp.client.ClientSession", "aiohttp:session",
+             track=_self("aiohttp.client.ClientSession"), calls="aiohttp.ClientSession()"),
+    )),
+    Family("logging", ("logging",), (
+        # DatagramHandler is a SocketHandler: its construction is observed through it
+        Kind("logging.handlers.SocketHandler", "logging:socket_handler",
+             track=_self("logging.handlers.SocketHandler"),
+             calls="logging.handlers.SocketHandler(host, port)"),
+        Kind("logging.handlers.DatagramHandler", "logging:socket_handler",
+             calls="logging.handlers.DatagramHandler(host, port)"),
+        Kind("logging.handlers.SysLogHandler", "logging:syslog_handler",
+             track=_self("logging.handlers.SysLogHandler"),
+             calls="logging.handlers.SysLogHandler(address)"),
+        Kind("logging.handlers.QueueHandler", "logging:queue_handler",
+             track=_self("logging.handlers.QueueHandler"),
+             calls="logging.handlers.QueueHandler(queue)"),
+        Kind("logging.handlers.QueueListener", "logging:queue_listener",
+             track=_self("logging.handlers.QueueListener"),
+             calls="logging.handlers.QueueListener(queue, *handlers)"),
+    )),
     Family("pymysql", ("pymysql",), (
         # leaf: an SQLAlchemy engine (mysql+pymysql) builds them for itself when it connects
         Kind("pymysql.connections.Connection", "pymysql:connection",

@@ -25,6 +25,7 @@ class Connection:
         self.requests: List[str] = []
         self.bytes = 0
         self.closed_by_client = False
+        self.error: Optional[str] = None  # what broke the connection on the server's side
 
 
 class _Counting:
@@ -50,6 +51,7 @@ class _Counting:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK wait
     server: "_Server"
 
     def setup(self) -> None:
@@ -62,8 +64,10 @@ class _Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (ConnectionError, ssl.SSLError, OSError):
-            pass
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            # e.g. a TLS record the server cannot authenticate (BAD_RECORD_MAC): two processes
+            # wrote on one TLS session with the same sequence numbers
+            self.record.error = f"{type(exc).__name__}: {exc}"
         if self.close_connection:
             self.record.closed_by_client = self.raw_requestline == b""
 
@@ -101,6 +105,8 @@ class _Server(ThreadingHTTPServer):
 def self_signed(folder: Path) -> Dict[str, str]:
     """A certificate for 127.0.0.1 made here with openssl: {"cert": path, "key": path}."""
     cert, key = folder / "cert.pem", folder / "key.pem"
+    if cert.exists() and key.exists():  # made already (a session-wide folder: tls_folder)
+        return {"cert": str(cert), "key": str(key)}
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
@@ -145,3 +151,140 @@ class Peer:
 
 
 socketserver.TCPServer.allow_reuse_address = True
+
+
+def in_children(func: Any, count: int = 20, batch: int = 5, timeout: float = 30) -> List[Any]:
+    """Run ``func`` in ``count`` real forked children (``batch`` at a time, the resets run as
+    in a prefork server's worker) and return their results."""
+    from postfork.testing import fork_child
+
+    results: List[Any] = []
+    while len(results) < count:
+        started = [fork_child(func) for _ in range(min(batch, count - len(results)))]
+        results += [child.result(timeout=timeout) for child in started]
+    return results
+
+
+def guard_findings(tmp_path: Path, code: str, timeout: float = 60,
+                   kinds: Optional[List[str]] = None) -> List[Any]:
+    """Run ``code`` (an app that turns the guard on and builds clients) as ``app.py`` in a new
+    interpreter, fork once, and return the child's client findings as
+    ``[(subject, created_at), ...]`` (with ``kinds``: the findings of those kinds, as
+    ``(kind, subject, created_at)``). The code's lines are numbered from 1."""
+    import sys
+    import textwrap
+
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(code) + f"KINDS = {kinds or ['client']!r}\n" + textwrap.dedent("""
+        import os as _os, json as _json
+        _pid = _os.fork()
+        if _pid == 0:
+            _found = [[f.kind, f.subject, f.created_at] for f in postfork.check()
+                      if f.kind in KINDS]
+            print("FINDINGS " + _json.dumps(_found), flush=True)
+            _os._exit(0)
+        _os.waitpid(_pid, 0)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=timeout, cwd=tmp_path)
+    for line in done.stdout.splitlines():
+        if line.startswith("FINDINGS "):
+            found = json.loads(line[len("FINDINGS "):])
+            return [tuple(f) if kinds else tuple(f[1:]) for f in found]
+    raise AssertionError(f"no findings printed: {done.stdout}\n{done.stderr}")
+
+
+class PausedChild:
+    """A forked child that stops right after its resets, until :meth:`resume`: the parent
+    meanwhile looks at the real peer (the child's copy of a server running in the parent is
+    not the server). ``resume()`` runs ``func`` in the child and returns its result."""
+
+    def __init__(self, func: Any) -> None:
+        import os
+
+        from postfork.testing import fork_child
+
+        self._ready_r, ready_w = os.pipe()
+        go_r, self._go_w = os.pipe()
+
+        def run() -> Any:
+            os.write(ready_w, b".")  # the resets ran (fork_child runs them first)
+            os.read(go_r, 1)
+            return func()
+
+        self._child = fork_child(run)
+        os.close(ready_w)
+        os.close(go_r)
+
+    def wait_reset(self, timeout: float = 30) -> None:
+        import os
+        import select
+
+        ready, _, _ = select.select([self._ready_r], [], [], timeout)
+        assert ready and os.read(self._ready_r, 1) == b".", "the child did not finish its resets"
+
+    def resume(self, timeout: float = 30) -> Any:
+        import os
+
+        os.write(self._go_w, b".")
+        os.close(self._go_w)
+        os.close(self._ready_r)
+        return self._child.result(timeout=timeout)
+
+
+def sockets_to(port: int) -> int:
+    """How many descriptors of this process are sockets connected to 127.0.0.1:``port``: in a
+    child after its resets, the parent's connection must not be one of them (a retired
+    descriptor is a dead socketpair; a closed one is gone)."""
+    import os
+    import socket
+
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_INET and sock.getpeername() == ("127.0.0.1", port):
+                count += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return count
+
+
+def connections_per_child(peer: Peer, parents: List[Connection]) -> Dict[int, int]:
+    """pid -> how many of the server's connections (other than ``parents``) carried that
+    child's requests, read from the paths (``.../child/<pid>/...``). A connection that carried
+    two processes' requests fails the check. Counted by the server's accepted connections, not
+    by client ports: a port can be reused on loopback once an earlier child has exited."""
+    import re
+
+    out: Dict[int, int] = {}
+    for conn in peer.connections:
+        if any(conn is parent for parent in parents):
+            continue
+        pids = {int(m.group(1)) for path in conn.requests
+                for m in [re.search(r"child/(\d+)", path)] if m}
+        assert len(pids) == 1, f"connection from port {conn.port} carried {conn.requests}"
+        pid = pids.pop()
+        out[pid] = out.get(pid, 0) + 1
+    return out
+
+
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    """``check()``'s first truthy value, polled until ``timeout`` (then its last value): for
+    what the server's handler thread records just after the client saw the outcome."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)

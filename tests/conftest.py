@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 from urllib.parse import urlparse
 
@@ -184,6 +185,12 @@ def kafka_broker() -> Iterator["tuple[str, int]"]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def tls_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for ``_http_peer.Peer(tls=...)``: its self-signed certificate is made once."""
+    return tmp_path_factory.mktemp("tls")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 import pytest
 
 import postfork
-from _http_peer import Peer
+from _http_peer import PausedChild, Peer, sockets_to
 from postfork.testing import fork_child, run_in_child
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
@@ -85,11 +85,13 @@ def test_reset_sends_nothing_until_the_first_request() -> None:
         parent_port = get(conn, "/one")["port"]
         before = peer.connection(parent_port).bytes
 
-        def child() -> int:
-            return len(peer.connections)  # reset done, nothing used yet
-
-        assert run_in_child(child) == 1  # no connection opened by the reset
+        # (read the real server from the parent: the child's copy of it is not the server)
+        child = PausedChild(lambda: (sockets_to(peer.port), get(conn, "/first")["port"]))
+        child.wait_reset()
+        assert len(peer.connections) == 1  # no connection opened by the reset
         assert peer.connection(parent_port).bytes == before  # and no byte on the parent's
+        still_open, port = child.resume()
+        assert still_open == 0 and port != parent_port
         conn.close()
 
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("redis", "pymongo", "bson", "sqlalchemy", "psycopg", "psycopg_pool", "psycopg2",
-           "pymysql", "MySQLdb")
+           "pymysql", "MySQLdb", "urllib3", "requests", "httpx", "httpcore", "aiohttp")
 SERVERS = ("gunicorn", "uwsgi", "uwsgidecorators", "celery", "billiard", "kombu", "rq", "dramatiq",
            "huey", "uvicorn", "uvicorn_worker")
 
