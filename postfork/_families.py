@@ -137,6 +137,15 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("nats.aio.client.Client", "nats:client", track=_self("nats.aio.client.Client"),
              calls="nats.aio.client.Client()"),
     )),
+    Family("botocore", ("botocore", "boto3", "s3transfer"), (
+        # every client class is made by botocore at run time (botocore.client.S3...): a
+        # subclass of BaseClient, whose __new__ they inherit
+        Kind("botocore.client.BaseClient", "botocore:client", track=_self("botocore.client.BaseClient"),
+             calls="boto3.client('s3')"),
+        Kind("boto3.resources.base.ServiceResource", "botocore:resource", calls="boto3.resource('s3')"),
+        Kind("boto3.session.Session", "botocore:session", calls="boto3.Session()"),
+        Kind("botocore.session.Session", "botocore:session", calls="botocore.session.get_session()"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
