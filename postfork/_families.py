@@ -146,6 +146,15 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("boto3.session.Session", "botocore:session", calls="boto3.Session()"),
         Kind("botocore.session.Session", "botocore:session", calls="botocore.session.get_session()"),
     )),
+    Family("elasticsearch", ("elasticsearch", "elastic_transport"), (
+        # both packages set __module__ to the package on their public classes
+        # leaf: client.options(...) builds a copy sharing the client's transport
+        Kind("elasticsearch.Elasticsearch", "elasticsearch:client",
+             track="elasticsearch._sync.client:Elasticsearch", leaf=True,
+             calls="Elasticsearch(url)"),
+        Kind("elastic_transport.Transport", "elasticsearch:transport",
+             calls="elastic_transport.Transport([NodeConfig(...)])"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
