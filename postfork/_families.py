@@ -155,6 +155,21 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("elastic_transport.Transport", "elasticsearch:transport",
              calls="elastic_transport.Transport([NodeConfig(...)])"),
     )),
+    Family("opentelemetry", ("opentelemetry",), (
+        # The processors are tracked, not the exporter: the batch processor's worker thread,
+        # started in its __init__, then belongs to it (OpenTelemetry restarts it in a worker),
+        # and the exporter, reached through its processor, is part of its finding.
+        Kind("opentelemetry.sdk.trace.export.BatchSpanProcessor", "opentelemetry:processor",
+             track=_self("opentelemetry.sdk.trace.export.BatchSpanProcessor"),
+             calls="BatchSpanProcessor(OTLPSpanExporter(endpoint))"),
+        Kind("opentelemetry.sdk.trace.export.SimpleSpanProcessor", "opentelemetry:processor",
+             track=_self("opentelemetry.sdk.trace.export.SimpleSpanProcessor"),
+             calls="SimpleSpanProcessor(OTLPSpanExporter(endpoint))"),
+        Kind("opentelemetry.exporter.otlp.proto.http.trace_exporter.OTLPSpanExporter",
+             "opentelemetry:exporter_adapter", calls="OTLPSpanExporter(endpoint)"),
+        Kind("opentelemetry.sdk.trace.TracerProvider", "opentelemetry:tracer_provider",
+             calls="TracerProvider()"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
