@@ -170,6 +170,12 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("opentelemetry.sdk.trace.TracerProvider", "opentelemetry:tracer_provider",
              calls="TracerProvider()"),
     )),
+    Family("sentry-sdk", ("sentry_sdk",), (
+        Kind("sentry_sdk.client._Client", "sentry:client", track=_self("sentry_sdk.client._Client"),
+             calls="sentry_sdk.init(dsn)"),
+        Kind("sentry_sdk.transport.BaseHttpTransport", "sentry:transport",
+             calls="sentry_sdk.transport.HttpTransport(options)"),
+    )),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
