@@ -47,12 +47,19 @@ class Kind:
 
 
 class Family:
-    __slots__ = ("name", "packages", "kinds")
+    """``note`` and ``env``: what ``postfork doctor`` tells when the master holds a client of the
+    family (or runs the native threads of its library): a sentence, and the environment
+    variables (name, value) the library reads once, at import, which must be set before it."""
 
-    def __init__(self, name: str, packages: Tuple[str, ...], kinds: Tuple[Kind, ...]) -> None:
+    __slots__ = ("name", "packages", "kinds", "note", "env")
+
+    def __init__(self, name: str, packages: Tuple[str, ...], kinds: Tuple[Kind, ...], *,
+                 note: str = "", env: Tuple[Tuple[str, str], ...] = ()) -> None:
         self.name = name
         self.packages = packages
         self.kinds = kinds
+        self.note = note
+        self.env = env
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
@@ -176,6 +183,19 @@ FAMILIES: Tuple[Family, ...] = (
         Kind("sentry_sdk.transport.BaseHttpTransport", "sentry:transport",
              calls="sentry_sdk.transport.HttpTransport(options)"),
     )),
+    Family("grpc", ("grpc",), (
+        Kind("grpc._channel.Channel", "grpc:channel", track=_self("grpc._channel.Channel"),
+             calls="grpc.insecure_channel(target)"),
+    ), note=(
+        "grpc reads these variables once, when it is imported: they must be in the environment "
+        "before `import grpc` (set by the shell or the server's config, not by the application "
+        "afterwards). grpc's own fork support needs both; without them a channel the master "
+        "used fails or hangs in a worker (grpc#13873), and even with them a worker forked while "
+        "a master thread is inside an RPC hangs in grpc's fork handler. postfork retires an "
+        "inherited channel in any case: make no RPC in the master and build channels in each "
+        "worker: postfork.local(lambda: grpc.insecure_channel(target, "
+        "options=[(\"grpc.use_local_subchannel_pool\", 1)]))"),
+        env=(("GRPC_ENABLE_FORK_SUPPORT", "true"), ("GRPC_POLL_STRATEGY", "poll"))),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),
