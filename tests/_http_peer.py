@@ -16,6 +16,7 @@ connection.
 from __future__ import annotations
 
 import json
+import socket
 import socketserver
 import ssl
 import subprocess
@@ -189,6 +190,9 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> Any:
         sock, address = super().get_request()
+        # headers and body go out in two writes: without this, Nagle holds the second until the
+        # client's delayed ACK (40 ms a response)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls_context is not None:
             sock = self.tls_context.wrap_socket(sock, server_side=True)
         return sock, address
