@@ -18,9 +18,9 @@ So there is nothing safe to do with it in a child but to leave it alone. The res
   for a closed channel) naming ``postfork.local``: a stub built from it in the child fails at
   once. ``close()`` (and ``with channel:``) does nothing: the master's channel stays open.
 - The stubs built from it before the fork hold multi-callables that go straight to the C
-  channel: each one (found by the garbage collector as an object referring to the C channel)
-  gets a stand-in in its place, so calling it raises the same error instead of entering grpc
-  core.
+  channel: each one (found once per process, for all channels, by one read-only pass of the
+  garbage collector) gets a stand-in in its place, so calling it raises the same error instead
+  of entering grpc core.
 - The channel's call and connectivity states (whose finalizer would close the C channel) point
   at the stand-in as well; their locks are new, the master's connectivity subscribers dropped.
 - The channel itself is kept referenced for good (one reference leaked on purpose), so that
@@ -42,7 +42,7 @@ import gc
 import importlib
 import os
 import threading
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .._contract import Adapter
 from .._errors import retired_error
@@ -95,15 +95,29 @@ class _RetiredCore:
         return "<retired grpc channel (postfork)>"
 
 
+# (pid, {id(C channel): [multi-callables calling it]}): one search per process, for every
+# channel reset in it.
+_found: Tuple[int, Dict[int, List[Any]]] = (-1, {})
+
+
 def _multicallables(core: Any) -> List[Any]:
-    """The multi-callables that call ``core`` (the C channel): the objects that refer to it,
-    found by the garbage collector. gc.get_referrers() only reads the objects it visits;
-    gc.get_objects() would take a reference to each, writing to every page of the heap, which
-    a forked worker then copies (its memory no longer shared with the master)."""
-    _channel = importlib.import_module("grpc._channel")  # imported: a channel exists
-    # exact types, not isinstance(): these classes derive from grpc's ABCs
-    kinds = {getattr(_channel, name) for name in _MULTICALLABLES if hasattr(_channel, name)}
-    return [obj for obj in gc.get_referrers(core) if type(obj) in kinds]
+    """The multi-callables that call ``core`` (the C channel). An instance of a class defined
+    in Python refers to its class, so the garbage collector finds every multi-callable of the
+    process as a referrer of grpc's five classes: one pass, whatever the number of channels.
+    gc.get_referrers() only reads the objects it visits (gc.get_objects() would take a
+    reference to each, writing to every page of the heap, which the worker then copies)."""
+    global _found
+    pid = os.getpid()
+    if _found[0] != pid:
+        _channel = importlib.import_module("grpc._channel")  # imported: a channel exists
+        kinds = [getattr(_channel, name) for name in _MULTICALLABLES if hasattr(_channel, name)]
+        exact = set(kinds)  # exact types: isinstance() would run grpc's ABC checks
+        by_core: Dict[int, List[Any]] = {}
+        for obj in gc.get_referrers(*kinds):
+            if type(obj) in exact:
+                by_core.setdefault(id(getattr(obj, "_channel", None)), []).append(obj)
+        _found = (pid, by_core)
+    return _found[1].get(id(core), [])
 
 
 def _keep_for_good(obj: Any) -> None:
