@@ -18,9 +18,9 @@ So there is nothing safe to do with it in a child but to leave it alone. The res
   for a closed channel) naming ``postfork.local``: a stub built from it in the child fails at
   once. ``close()`` (and ``with channel:``) does nothing: the master's channel stays open.
 - The stubs built from it before the fork hold multi-callables that go straight to the C
-  channel: each one (found once per process, for all channels, by one read-only pass of the
-  garbage collector) gets a stand-in in its place, so calling it raises the same error instead
-  of entering grpc core.
+  channel: in the child, a multi-callable reads its C channel through a property that answers
+  a stand-in for a retired one, so calling it raises the same error instead of entering grpc
+  core (the call state, used by streaming and ``future()`` calls, points at the stand-in too).
 - The channel's call and connectivity states (whose finalizer would close the C channel) point
   at the stand-in as well; their locks are new, the master's connectivity subscribers dropped.
 - The channel itself is kept referenced for good (one reference leaked on purpose), so that
@@ -38,11 +38,10 @@ while a master thread was in an RPC failed its first RPC 3 times in 8).
 from __future__ import annotations
 
 import ctypes
-import gc
 import importlib
 import os
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from .._contract import Adapter
 from .._errors import retired_error
@@ -95,29 +94,34 @@ class _RetiredCore:
         return "<retired grpc channel (postfork)>"
 
 
-# (pid, {id(C channel): [multi-callables calling it]}): one search per process, for every
-# channel reset in it.
-_found: Tuple[int, Dict[int, List[Any]]] = (-1, {})
+# id(C channel) -> its stand-in, for every channel retired in this process (or an ancestor).
+# The C channels are kept for good (see _keep_for_good), so their ids are never reused.
+_retired_cores: Dict[int, _RetiredCore] = {}
 
 
-def _multicallables(core: Any) -> List[Any]:
-    """The multi-callables that call ``core`` (the C channel). An instance of a class defined
-    in Python refers to its class, so the garbage collector finds every multi-callable of the
-    process as a referrer of grpc's five classes: one pass, whatever the number of channels.
-    gc.get_referrers() only reads the objects it visits (gc.get_objects() would take a
-    reference to each, writing to every page of the heap, which the worker then copies)."""
-    global _found
-    pid = os.getpid()
-    if _found[0] != pid:
-        _channel = importlib.import_module("grpc._channel")  # imported: a channel exists
-        kinds = [getattr(_channel, name) for name in _MULTICALLABLES if hasattr(_channel, name)]
-        exact = set(kinds)  # exact types: isinstance() would run grpc's ABC checks
-        by_core: Dict[int, List[Any]] = {}
-        for obj in gc.get_referrers(*kinds):
-            if type(obj) in exact:
-                by_core.setdefault(id(getattr(obj, "_channel", None)), []).append(obj)
-        _found = (pid, by_core)
-    return _found[1].get(id(core), [])
+def _divert_multicallables() -> None:
+    """Make ``self._channel`` of grpc's multi-callables answer the stand-in when it is a
+    retired C channel (once per process: the class-level change is inherited by a child).
+
+    A multi-callable (what a stub's attributes are) keeps the C channel in a slot and calls it
+    directly. Finding the inherited ones would take a walk over the whole heap in the child
+    (the garbage collector's referrers: 16 ms in a 67,000-object process), and that walk
+    crashed (SIGSEGV) in children forked while a master thread was inside an RPC, where grpc's
+    objects are not consistent. So instead of finding them, the slot is read through a
+    property that swaps a retired channel for its stand-in: one dict lookup per RPC, in this
+    process only."""
+    _channel = importlib.import_module("grpc._channel")  # imported: a channel exists
+    for name in _MULTICALLABLES:
+        cls = getattr(_channel, name, None)
+        slot = None if cls is None else cls.__dict__.get("_channel")
+        if slot is None or isinstance(slot, property):
+            continue
+
+        def read(self: Any, slot: Any = slot, cls: Any = cls) -> Any:
+            core = slot.__get__(self, cls)
+            return _retired_cores.get(id(core), core)
+
+        setattr(cls, "_channel", property(read, slot.__set__))
 
 
 def _keep_for_good(obj: Any) -> None:
@@ -133,11 +137,8 @@ def reset_channel(channel: Any) -> None:
     _keep_for_good(channel)
     message = _message()
     stand_in = _RetiredCore(message)
-    core = channel._channel
-    for multicallable in _multicallables(core):
-        multicallable._channel = stand_in
-        if hasattr(multicallable, "_managed_call"):
-            multicallable._managed_call = _raiser(message)
+    _divert_multicallables()
+    _retired_cores[id(channel._channel)] = stand_in  # what its stubs' calls now reach
     for name in _ENTRY_POINTS:
         setattr(channel, name, _raiser(message))
     channel.close = channel._close = _nothing
