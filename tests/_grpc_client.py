@@ -80,8 +80,10 @@ def fork_children(count: int, work: Any) -> List[Any]:
         os.kill(pid, signal.SIGKILL)
         results[fd] = "hung"
     for fd, pid in children.items():
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
         os.close(fd)
+        if results[fd] == "died":
+            results[fd] = f"died (wait status {status})"
     return [results[fd] for fd in children]
 
 
