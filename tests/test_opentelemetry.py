@@ -31,7 +31,7 @@ import pytest
 
 import postfork
 from _http_peer import Peer, Request
-from postfork.testing import fork_child
+from postfork.testing import fork_child, run_in_child
 
 pytest.importorskip("opentelemetry.sdk.trace")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
@@ -144,12 +144,10 @@ def test_registered_provider_every_span_once_each_worker_its_own_connection(
             made["master"] += 1
             time.sleep(0.001)
 
-    def worker() -> Tuple[int, bool, List[str]]:
-        pid = os.getpid()
-        opened = len(peer.connections)
-        make_spans(provider, f"worker-{pid}", 200, gap=0.001)
+    def worker() -> Tuple[bool, List[str]]:
+        make_spans(provider, f"worker-{os.getpid()}", 200, gap=0.001)
         threads = [t.name for t in threading.enumerate()]
-        return opened, provider.force_flush(10_000), threads
+        return provider.force_flush(10_000), threads
 
     thread = threading.Thread(target=master_thread)
     thread.start()
@@ -165,9 +163,8 @@ def test_registered_provider_every_span_once_each_worker_its_own_connection(
     counts = collections.Counter((s[0], s[1]) for s in spans.spans)
     assert [k for k, n in counts.items() if n > 1] == []  # nothing sent twice
     assert len(spans.named("master-")) == 3 + made["master"]  # nothing of the master lost
-    for child, (opened, flushed, threads) in zip(children, results):
+    for child, (flushed, threads) in zip(children, results):
         assert flushed and "OtelBatchSpanRecordProcessor" in threads
-        assert opened == 1  # the master's connection only: the reset opened nothing
         mine = spans.named(f"worker-{child.pid}-")
         assert len(mine) == 200  # nothing of the worker lost
         ports = {s[3] for s in mine}
@@ -175,6 +172,22 @@ def test_registered_provider_every_span_once_each_worker_its_own_connection(
         assert set(peer.connection(ports.pop()).requests) == {"/v1/traces"}
     assert {s[3] for s in spans.named("master-")} == {master}  # the master's, unbroken
     assert not peer.connection(master).closed_by_client
+    provider.shutdown()
+
+
+def test_reset_sends_nothing_until_the_first_export(collector: Tuple[Peer, Collector]) -> None:
+    peer, spans = collector
+    provider = postfork.register(pipeline(peer))
+    make_spans(provider, "master", 1)
+    assert provider.force_flush(10_000)
+    master = peer.connection(master_port(peer, spans))
+    before = master.bytes
+
+    def worker() -> int:
+        return len(peer.connections)  # reset done, nothing exported yet
+
+    assert run_in_child(worker) == 1  # no connection opened by the reset
+    assert master.bytes == before and not master.closed_by_client  # nothing on the master's
     provider.shutdown()
 
 
