@@ -430,6 +430,135 @@ def _socket_handler_call(handler: Any) -> Any:
     handler.emit(logging.LogRecord("bench", logging.INFO, __file__, 1, "record", None, None))
 
 
+# -- peers the cloud families talk to, started on first use and stopped at exit: the test
+# suite's own (tests/_http_peer.py, tests/_moto_peer.py, tests/_grpc_peer.py) -----------------
+
+_peers: Dict[str, Any] = {}
+
+
+def _peer(name: str) -> Any:
+    if name not in _peers:
+        import atexit
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        tests = str(Path(__file__).resolve().parent.parent / "tests")
+        if tests not in sys.path:
+            sys.path.insert(0, tests)
+        if name == "moto":
+            from _moto_peer import MotoPeer
+
+            peer: Any = MotoPeer()
+            atexit.register(peer.stop)
+        elif name == "grpc":
+            server = subprocess.Popen([sys.executable, f"{tests}/_grpc_peer.py"], stdout=subprocess.PIPE,
+                                      text=True, env={**os.environ, "GRPC_VERBOSITY": "ERROR"})
+            assert server.stdout is not None
+            peer = int(server.stdout.readline())
+            atexit.register(server.kill)
+        else:
+            from _http_peer import Peer
+
+            peer = Peer(handle=_HANDLES[name]).__enter__()
+            atexit.register(peer.__exit__)
+        _peers[name] = peer
+    return _peers[name]
+
+
+def _es_info(request: Any) -> Any:
+    body = b'{"name": "bench", "cluster_name": "bench", "version": {"number": "9.0.0", "build_flavor": "default"}, "tagline": "You Know, for Search"}'
+    return 200, {"X-Elastic-Product": "Elasticsearch", "Content-Type": "application/json"}, body
+
+
+def _ok_protobuf(request: Any) -> Any:
+    return 200, {"Content-Type": "application/x-protobuf"}, b""
+
+
+def _ok_json(request: Any) -> Any:
+    return 200, {"Content-Type": "application/json"}, b"{}"
+
+
+_HANDLES = {"elasticsearch": _es_info, "otlp": _ok_protobuf, "sentry": _ok_json}
+_FAKE_AWS = dict(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+
+
+def _boto3() -> Any:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=_peer("moto").url, **_FAKE_AWS)
+    if "bucket" not in _peers:
+        s3.create_bucket(Bucket="postfork-bench")
+        s3.put_object(Bucket="postfork-bench", Key="k", Body=b"v")
+        _peers["bucket"] = True
+    _boto3_call(s3)
+    return s3
+
+
+def _boto3_call(s3: Any) -> Any:
+    return s3.get_object(Bucket="postfork-bench", Key="k")["Body"].read()
+
+
+def _elasticsearch() -> Any:
+    from elasticsearch import Elasticsearch
+
+    es = Elasticsearch(_peer("elasticsearch").url)
+    es.info()
+    return es
+
+
+def _otel() -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    exporter = OTLPSpanExporter(endpoint=f"{_peer('otlp').url}/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    _otel_call(provider)
+    return provider
+
+
+def _otel_call(provider: Any) -> Any:
+    """One span, exported at once (force_flush: one POST)."""
+    with provider.get_tracer("postfork-bench").start_as_current_span("bench"):
+        pass
+    return provider.force_flush(10_000)
+
+
+def _sentry() -> Any:
+    import sentry_sdk
+
+    client = sentry_sdk.Client(dsn=f"http://public@127.0.0.1:{_peer('sentry').port}/1",
+                               default_integrations=False)
+    _sentry_call(client)
+    return client
+
+
+def _sentry_call(client: Any) -> Any:
+    """One event, sent by the background worker (flush: until it is through)."""
+    client.capture_event({"message": "postfork-bench"})
+    return client.flush(10)
+
+
+def _grpc_local() -> Any:
+    """A grpc channel is retired in a worker: what an application uses instead is
+    ``postfork.local``, built and used in the master (its reset retires the master's instance)."""
+    import grpc
+
+    import postfork
+
+    target = f"127.0.0.1:{_peer('grpc')}"
+    channel = postfork.local(lambda: grpc.insecure_channel(
+        target, options=[("grpc.use_local_subchannel_pool", 1)]))
+    _grpc_call(channel)
+    return channel
+
+
+def _grpc_call(channel: Any) -> Any:
+    return channel().unary_unary("/postfork.Test/Who")(b"", timeout=10)
+
+
 SPECS: List[Spec] = [
     Spec("redis", "redis-py `Redis` (pool)", _redis, lambda c: c.ping()),
     Spec("psycopg_pool", "psycopg_pool `ConnectionPool`", _psycopg_pool, _psycopg_pool_call),
@@ -469,6 +598,15 @@ SPECS: List[Spec] = [
          register=lambda local: local),  # a local registers itself
     Spec("logging", "logging `SocketHandler` (one record over TCP)", _socket_handler,
          _socket_handler_call),
+    Spec("botocore", "boto3 S3 client, moto server mode (GetObject)", _boto3, _boto3_call),
+    Spec("elasticsearch", "elasticsearch-py `Elasticsearch` (info)", _elasticsearch, lambda c: c.info()),
+    Spec("opentelemetry", "OpenTelemetry `TracerProvider` + batch + OTLP/HTTP (span + force_flush)",
+         _otel, _otel_call, lambda c: c.shutdown()),
+    Spec("sentry", "sentry-sdk client (capture_event + flush)", _sentry, _sentry_call,
+         lambda c: c.close(timeout=2)),
+    # last: grpc starts native threads in this process for good
+    Spec("grpc", "grpcio channel (`postfork.local`, unary RPC)", _grpc_local, _grpc_call,
+         lambda local: local._close(), register=lambda local: local),
 ]
 
 

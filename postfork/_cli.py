@@ -171,17 +171,42 @@ def _master_inventory() -> Dict[str, Any]:
                 "pid": origin.pid}
                for obj, origin, managed in inv.client_roots(ids)]
     registered = REGISTRY.names()
+    roots = [obj for obj, _, _ in inv.client_roots(ids)]
     threads = []
-    for thread in inv.alive_threads():
+    alive = inv.alive_threads()
+    for thread in alive:
         origin = thread.origin
         owner = origin.owner() if origin is not None and origin.owner is not None else None
         threads.append({
             "name": thread.name,
             "started_at": origin.site if origin is not None else None,
             "owner": inv.type_name(owner) if owner is not None else None,
+            "native": thread.native,
+            "library": thread.owner,
             "managed": bool(origin is not None and (origin.server or inv.is_managed(origin.owner, ids))),
         })
-    return {"clients": clients, "registered": registered, "threads": threads}
+    libraries = {t.owner for t in alive if t.native and t.owner}
+    return {"clients": clients, "registered": registered, "threads": threads,
+            "notes": _notes(roots + REGISTRY.objects(), libraries)}
+
+
+def _notes(objects: List[Any], libraries: "set[str]") -> List[Dict[str, Any]]:
+    """The family table's notes for each family the master holds a client of (or whose
+    library runs native threads in it): what must be set up before the library is imported."""
+    from ._families import family_of_name
+    from ._lookup import qualname
+
+    seen = set()
+    for obj in objects:
+        for klass in type(obj).__mro__:
+            family = family_of_name(qualname(klass))
+            if family is not None:
+                seen.add(family.name)
+                break
+    return [{"family": f.name, "note": f.note,
+             "env": [{"name": name, "value": value, "now": os.environ.get(name)}
+                     for name, value in f.env]}
+            for f in FAMILIES if (f.note or f.env) and (f.name in seen or f.name in libraries)]
 
 
 def _probe(target: str, timeout: float) -> Dict[str, Any]:
@@ -250,6 +275,7 @@ def _probe(target: str, timeout: float) -> Dict[str, Any]:
         "clients": master["clients"],
         "registered": master["registered"],
         "threads_at_fork": master["threads"],
+        "notes": master["notes"],
         "resets": child_result["resets"],
         "sockets": child_result["sockets"],
         "findings": child_result["findings"],
@@ -348,7 +374,9 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
     threads = result["threads_at_fork"]
     if threads:
         rows = [["managed" if t["managed"] else "UNMANAGED", t["name"],
-                 (t["started_at"] or "start site unknown") + (f" by {t['owner']}" if t["owner"] else "")]
+                 (f"native, started by C code{' (' + t['library'] + ')' if t.get('library') else ''}"
+                  if t.get("native") else
+                  (t["started_at"] or "start site unknown") + (f" by {t['owner']}" if t["owner"] else ""))]
                 for t in threads]
         lines += _table(rows, [s.green if t["managed"] else s.red for t in threads])
     else:
@@ -372,6 +400,15 @@ def _render(result: Dict[str, Any], out: TextIO) -> None:
     else:
         lines.append(s.dim("  none"))
     lines.append("")
+
+    if result.get("notes"):
+        lines.append(s.bold("Notes"))
+        for note in result["notes"]:
+            lines.append(f"  {note['family']}: {note['note']}")
+            for var in note["env"]:
+                now = "unset" if var["now"] is None else repr(var["now"])
+                lines.append(f"    {var['name']}={var['value']}  (now: {now})")
+        lines.append("")
 
     findings = result["findings"]
     if findings:

@@ -51,12 +51,19 @@ class Kind:
 
 
 class Family:
-    __slots__ = ("name", "packages", "kinds")
+    """``note`` and ``env``: what ``postfork doctor`` tells when the master holds a client of the
+    family (or runs the native threads of its library): a sentence, and the environment
+    variables (name, value) the library reads once, at import, which must be set before it."""
 
-    def __init__(self, name: str, packages: Tuple[str, ...], kinds: Tuple[Kind, ...]) -> None:
+    __slots__ = ("name", "packages", "kinds", "note", "env")
+
+    def __init__(self, name: str, packages: Tuple[str, ...], kinds: Tuple[Kind, ...], *,
+                 note: str = "", env: Tuple[Tuple[str, str], ...] = ()) -> None:
         self.name = name
         self.packages = packages
         self.kinds = kinds
+        self.note = note
+        self.env = env
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
@@ -282,6 +289,58 @@ FAMILIES: Tuple[Family, ...] = (
              track=_self("confluent_kafka.deserializing_consumer.DeserializingConsumer"),
              calls="DeserializingConsumer(conf)"),
     )),
+    Family("botocore", ("botocore", "boto3", "s3transfer"), (
+        # every client class is made by botocore at run time (botocore.client.S3...): a
+        # subclass of BaseClient, whose __new__ they inherit
+        Kind("botocore.client.BaseClient", "botocore:client", track=_self("botocore.client.BaseClient"),
+             calls="boto3.client('s3')"),
+        Kind("boto3.resources.base.ServiceResource", "botocore:resource", calls="boto3.resource('s3')"),
+        Kind("boto3.session.Session", "botocore:session", calls="boto3.Session()"),
+        Kind("botocore.session.Session", "botocore:session", calls="botocore.session.get_session()"),
+    )),
+    Family("elasticsearch", ("elasticsearch", "elastic_transport"), (
+        # both packages set __module__ to the package on their public classes
+        # leaf: client.options(...) builds a copy sharing the client's transport
+        Kind("elasticsearch.Elasticsearch", "elasticsearch:client",
+             track="elasticsearch._sync.client:Elasticsearch", leaf=True,
+             calls="Elasticsearch(url)"),
+        Kind("elastic_transport.Transport", "elasticsearch:transport",
+             calls="elastic_transport.Transport([NodeConfig(...)])"),
+    )),
+    Family("opentelemetry", ("opentelemetry",), (
+        # The processors are tracked, not the exporter: the batch processor's worker thread,
+        # started in its __init__, then belongs to it (OpenTelemetry restarts it in a worker),
+        # and the exporter, reached through its processor, is part of its finding.
+        Kind("opentelemetry.sdk.trace.export.BatchSpanProcessor", "opentelemetry:processor",
+             track=_self("opentelemetry.sdk.trace.export.BatchSpanProcessor"),
+             calls="BatchSpanProcessor(OTLPSpanExporter(endpoint))"),
+        Kind("opentelemetry.sdk.trace.export.SimpleSpanProcessor", "opentelemetry:processor",
+             track=_self("opentelemetry.sdk.trace.export.SimpleSpanProcessor"),
+             calls="SimpleSpanProcessor(OTLPSpanExporter(endpoint))"),
+        Kind("opentelemetry.exporter.otlp.proto.http.trace_exporter.OTLPSpanExporter",
+             "opentelemetry:exporter_adapter", calls="OTLPSpanExporter(endpoint)"),
+        Kind("opentelemetry.sdk.trace.TracerProvider", "opentelemetry:tracer_provider",
+             calls="TracerProvider()"),
+    )),
+    Family("sentry-sdk", ("sentry_sdk",), (
+        Kind("sentry_sdk.client._Client", "sentry:client", track=_self("sentry_sdk.client._Client"),
+             calls="sentry_sdk.init(dsn)"),
+        Kind("sentry_sdk.transport.BaseHttpTransport", "sentry:transport",
+             calls="sentry_sdk.transport.HttpTransport(options)"),
+    )),
+    Family("grpc", ("grpc",), (
+        Kind("grpc._channel.Channel", "grpc:channel", track=_self("grpc._channel.Channel"),
+             calls="grpc.insecure_channel(target)"),
+    ), note=(
+        "grpc reads these variables once, when it is imported: they must be in the environment "
+        "before `import grpc` (set by the shell or the server's config, not by the application "
+        "afterwards). grpc's own fork support needs both; without them a channel the master "
+        "used fails or hangs in a worker (grpc#13873), and even with them a worker forked while "
+        "a master thread is inside an RPC hangs in grpc's fork handler. postfork retires an "
+        "inherited channel in any case: make no RPC in the master and build channels in each "
+        "worker: postfork.local(lambda: grpc.insecure_channel(target, "
+        "options=[(\"grpc.use_local_subchannel_pool\", 1)]))"),
+        env=(("GRPC_ENABLE_FORK_SUPPORT", "true"), ("GRPC_POLL_STRATEGY", "poll"))),
     Family("socket", (), (
         Kind("socket.socket", "socket:socket", track=_self("socket.socket"), leaf=True,
              calls="socket.create_connection(address)"),

@@ -5,18 +5,25 @@ the server keeps, per connection, the requests and bytes it received and whether
 closed it: what a test needs to check from the peer's side that a child never wrote on the
 parent's connection and never closed it (a TLS ``close_notify`` from a child ends the parent's
 session: the server sees end-of-file on that connection).
+
+``Peer(handle=func)`` serves other endpoints as well (an Elasticsearch node, an OTLP/HTTP
+collector, a Sentry endpoint): ``func(request)`` gets each :class:`Request` (any method, with
+its body read) and returns ``(status, headers, body)``, or None for the default answer (the
+JSON echo above for GET, 404 for anything else). Every request is still counted on its
+connection.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import socketserver
 import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 class Connection:
@@ -26,6 +33,67 @@ class Connection:
         self.bytes = 0
         self.closed_by_client = False
         self.error: Optional[str] = None  # what broke the connection on the server's side
+
+
+class Request:
+    """One request as the server read it: ``method``, ``path``, ``headers``, ``body`` and the
+    :class:`Connection` it came on."""
+
+    def __init__(self, method: str, path: str, headers: Any, body: bytes, connection: Connection) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.connection = connection
+
+
+Response = Tuple[int, Dict[str, str], bytes]
+Handle = Callable[[Request], Optional[Response]]
+
+
+def wsgi(app: Callable[..., Any]) -> Handle:
+    """A ``handle`` serving a WSGI application (moto's server mode) with this server's
+    keep-alive HTTP/1.1: werkzeug's development server, which moto's own server mode runs on,
+    closes every connection after one request, so no client could ever share one there."""
+    import io
+    import sys
+    from urllib.parse import urlsplit
+
+    def handle(request: Request) -> Response:
+        url = urlsplit(request.path)
+        environ: Dict[str, Any] = {
+            "REQUEST_METHOD": request.method, "SCRIPT_NAME": "", "PATH_INFO": url.path,
+            "QUERY_STRING": url.query, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "0",
+            "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": str(request.connection.port),
+            "CONTENT_LENGTH": str(len(request.body)),
+            "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(request.body),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for name, value in request.headers.items():
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                environ[key] = f"{environ[key]},{value}" if key in environ else value
+        started: Dict[str, Any] = {}
+
+        def start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+            started["status"], started["headers"] = int(status.split()[0]), headers
+            return lambda data: None
+
+        result = app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        headers = {k: v for k, v in started["headers"]
+                   if k.lower() not in ("content-length", "connection", "transfer-encoding")}
+        return started["status"], headers, body
+
+    return handle
 
 
 class _Counting:
@@ -71,15 +139,43 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.record.closed_by_client = self.raw_requestline == b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _serve(self) -> None:
         self.record.requests.append(self.path)
-        body = json.dumps({"path": self.path, "port": self.client_address[1],
-                           "n": len(self.record.requests)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        body = self._body() if self.command not in ("GET", "HEAD") or self.headers.get("Content-Length") else b""
+        answer = None
+        if self.server.handle is not None:
+            answer = self.server.handle(Request(self.command, self.path, self.headers, body, self.record))
+        if answer is None:
+            if self.command != "GET":
+                answer = (404, {"Content-Type": "application/json"}, b'{"error": "not found"}')
+            else:
+                answer = (200, {"Content-Type": "application/json"},
+                          json.dumps({"path": self.path, "port": self.client_address[1],
+                                      "n": len(self.record.requests)}).encode())
+        status, headers, payload = answer
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve  # noqa: N815 - http.server's names
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -89,14 +185,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, tls_context: Optional[ssl.SSLContext]) -> None:
+    def __init__(self, tls_context: Optional[ssl.SSLContext], handle: Optional[Handle] = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.connections: List[Connection] = []
         self.tls_context = tls_context
+        self.handle = handle
 
     def get_request(self) -> Any:
         sock, address = super().get_request()
+        # headers and body go out in two writes: without this, Nagle holds the second until the
+        # client's delayed ACK (40 ms a response)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls_context is not None:
             sock = self.tls_context.wrap_socket(sock, server_side=True)
         return sock, address
@@ -115,11 +215,11 @@ def self_signed(folder: Path) -> Dict[str, str]:
 
 
 class Peer:
-    """``with Peer() as peer:`` (or ``Peer(tls=folder)``): ``peer.port``, ``peer.url``,
-    ``peer.connections`` (one :class:`Connection` each, in the order they were accepted),
-    ``peer.ca`` (the certificate to trust, with TLS)."""
+    """``with Peer() as peer:`` (or ``Peer(tls=folder)``, ``Peer(handle=func)``): ``peer.port``,
+    ``peer.url``, ``peer.connections`` (one :class:`Connection` each, in the order they were
+    accepted), ``peer.ca`` (the certificate to trust, with TLS)."""
 
-    def __init__(self, tls: Optional[Path] = None) -> None:
+    def __init__(self, tls: Optional[Path] = None, handle: Optional[Handle] = None) -> None:
         context = None
         self.ca: Optional[str] = None
         if tls is not None:
@@ -127,7 +227,7 @@ class Peer:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(files["cert"], files["key"])
             self.ca = files["cert"]
-        self._server = _Server(context)
+        self._server = _Server(context, handle)
         self.port = self._server.server_address[1]
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},

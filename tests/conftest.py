@@ -1,5 +1,5 @@
 """Real services for the suite: Redis, PostgreSQL, MariaDB, RabbitMQ, Mosquitto, NATS on this
-machine, MockupDB for MongoDB.
+machine, MockupDB for MongoDB, moto's server mode for AWS (started by the suite).
 
 A missing service skips its tests with the reason, unless POSTFORK_REQUIRE_SERVICES=1 (CI),
 where it fails them.
@@ -191,6 +191,24 @@ def kafka_broker() -> Iterator["tuple[str, int]"]:
 def tls_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder for ``_http_peer.Peer(tls=...)``: its self-signed certificate is made once."""
     return tmp_path_factory.mktemp("tls")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Any]:
+    """moto's server mode (S3, SQS...) on 127.0.0.1, in a subprocess (``tests/_moto_peer.py``;
+    moto itself is never imported here: it hooks into botocore when imported)."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
+        pytest.skip("moto is not installed")
+    from _moto_peer import MotoPeer
+
+    try:
+        peer = MotoPeer()
+    except Exception as exc:
+        _missing("moto's server mode", repr(exc))
+    yield peer
+    peer.stop()
 
 
 @pytest.fixture

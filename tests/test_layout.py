@@ -16,7 +16,8 @@ from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("redis", "pymongo", "bson", "sqlalchemy", "psycopg", "psycopg_pool", "psycopg2",
-           "pymysql", "MySQLdb", "urllib3", "requests", "httpx", "httpcore", "aiohttp")
+           "pymysql", "MySQLdb", "urllib3", "requests", "httpx", "httpcore", "aiohttp", "botocore",
+           "boto3", "elasticsearch", "elastic_transport", "grpc", "opentelemetry", "sentry_sdk")
 SERVERS = ("gunicorn", "uwsgi", "uwsgidecorators", "celery", "billiard", "kombu", "rq", "dramatiq",
            "huey", "uvicorn", "uvicorn_worker")
 

@@ -266,6 +266,10 @@ def _import_findings(report: Optional[Report], snapshot: Optional[_inventory.Sna
     return found
 
 
+def _is_multiprocessing_own(file: Optional[str]) -> bool:
+    return bool(file) and os.sep + "multiprocessing" + os.sep in str(file)
+
+
 def _mp_hook_findings(master: int, here: int) -> List[Finding]:
     """``multiprocessing.util.register_after_fork`` handlers, in a child multiprocessing did not
     start: they never run here (unless the opt-in runs them)."""
@@ -275,8 +279,8 @@ def _mp_hook_findings(master: int, here: int) -> List[Finding]:
     for obj, func in handlers():
         code = getattr(func, "__code__", None)
         file = getattr(code, "co_filename", None)
-        if _tracking.is_server_site(file):  # kombu, billiard: the server's own, run by it
-            continue
+        if _tracking.is_server_site(file) or _is_multiprocessing_own(file):
+            continue  # kombu's, billiard's, multiprocessing's own (ForkAwareThreadLock): theirs
         site = _tracking.format_site(file, code.co_firstlineno) if code is not None else None
         name = getattr(func, "__qualname__", repr(func))
         text = (f"multiprocessing.util.register_after_fork({type_name(obj)}, {name}) "

@@ -101,6 +101,30 @@ def references(obj: Any) -> Iterable[Any]:
     return out
 
 
+def _reachable(obj: Any, tracked: Set[int], depth: int = 5, budget: int = 2000) -> Set[int]:
+    """ids of the tracked objects ``obj`` holds within ``depth`` attribute hops: a client built
+    inside another (botocore's client holds its endpoint's session's urllib3 ``PoolManager``;
+    OpenTelemetry's exporter a requests ``Session``) is covered by the outer one."""
+    found: Set[int] = set()
+    seen: Set[int] = {id(obj)}
+    layer = [obj]
+    for _ in range(depth):
+        following: List[Any] = []
+        for item in layer:
+            for ref in references(item):
+                key = id(ref)
+                if key in seen or isinstance(ref, (str, bytes, int, float, type(None), type)):
+                    continue
+                seen.add(key)
+                if key in tracked:
+                    found.add(key)
+                following.append(ref)
+                if len(seen) > budget:
+                    return found
+        layer = following
+    return found
+
+
 def is_managed(origin: Optional[Origin], ids: Set[int]) -> bool:
     while origin is not None:
         obj = origin()
@@ -118,11 +142,10 @@ def client_roots(ids: Set[int]) -> List[Tuple[Any, Origin, bool]]:
     clients a prefork server built for itself (Celery's broker connection) are left out."""
     live = [(o(), o) for o in origins()]
     live = [(obj, o) for obj, o in live if obj is not None and not isinstance(obj, socket.socket)]
+    tracked = {id(obj) for obj, _ in live}
     covered: Set[int] = set()
     for obj, origin in live:
-        for ref in references(obj):
-            if ref is not obj:
-                covered.add(id(ref))
+        covered |= _reachable(obj, tracked) - {id(obj)}
     roots = []
     for obj, origin in live:
         if (origin.owner is not None and origin.owner() is not None) or id(obj) in covered:

@@ -60,8 +60,11 @@ class AliveThread:
 # Thread names (``comm``, at most 15 characters) of C libraries that start threads of their own.
 _NATIVE_OWNERS = (
     ("rdk:", "librdkafka (confluent-kafka)"),
-    ("grpc", "grpc"), ("default-executo", "grpc"), ("resolver-execut", "grpc"),
-    ("timer_manager", "grpc"),
+    # grpc >= 1.5x (EventEngine): event_engine (its thread pool), lifeguard (the pool's
+    # watchdog), grpc_global_timer (cut to 15); older grpc: default-executor,
+    # resolver-executor, timer_manager
+    ("grpc", "grpc"), ("event_engine", "grpc"), ("lifeguard", "grpc"),
+    ("default-executo", "grpc"), ("resolver-execut", "grpc"), ("timer_manager", "grpc"),
     ("openblas", "OpenBLAS"), ("omp_", "OpenMP"), ("jemalloc_bg_thd", "jemalloc"),
 )
 

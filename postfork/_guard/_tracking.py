@@ -48,7 +48,7 @@ _WRAPS_A_DESCRIPTOR = {("socket", "socket"): 3}
 # Frames inside these top-level packages are "the client library" when looking for the
 # creation site. Standard-library files that build sockets and threads count as well.
 _LIBRARIES = packages()
-_STDLIB_MODULES = ("socket", "ssl", "threading", "selectors", "asyncio", "concurrent",
+_STDLIB_MODULES = ("socket", "ssl", "threading", "selectors", "asyncio", "concurrent", "importlib",
                    "contextlib", "functools")
 # A client whose creation site lies in one of these was built by the server for itself (Celery's
 # broker connection, kombu's redis client, gunicorn's arbiter): never a finding.
@@ -141,14 +141,17 @@ def _sweep() -> None:
 _library_cache: Dict[str, bool] = {}
 
 
-def _module_base(name: str) -> Optional[str]:
-    """The directory of a package (or the file of a module) when it is imported, else None."""
-    path: Optional[str] = getattr(sys.modules.get(name), "__file__", None)
+def _module_bases(name: str) -> List[str]:
+    """The directory of a package (or the file of a module) when it is imported, else nothing.
+    A namespace package (``opentelemetry``: no ``__init__``, no ``__file__``) has one directory
+    per distribution that contributes to it."""
+    module = sys.modules.get(name)
+    path: Optional[str] = getattr(module, "__file__", None)
     if not path:
-        return None
+        return [str(p).rstrip(os.sep) + os.sep for p in getattr(module, "__path__", ())]
     if os.path.basename(path).startswith("__init__."):
-        return os.path.dirname(path) + os.sep
-    return path
+        return [os.path.dirname(path) + os.sep]
+    return [path]
 
 
 def _is_library(filename: str) -> bool:
@@ -160,9 +163,7 @@ def _is_library(filename: str) -> bool:
         # the application's own: python -c, the interactive prompt.
         prefixes = [_POSTFORK_DIR]
         for name in _LIBRARIES + _STDLIB_MODULES:
-            base = _module_base(name)
-            if base is not None:
-                prefixes.append(base)
+            prefixes += _module_bases(name)
         known = filename.startswith(tuple(prefixes)) or filename.startswith("<")
         _library_cache[filename] = known
     return known
@@ -219,8 +220,7 @@ def is_server_site(file: Optional[str]) -> bool:
     if file is None:
         return False
     for name in _SERVERS:
-        base = _module_base(name)
-        if base is not None and file.startswith(base):
+        if any(file.startswith(base) for base in _module_bases(name)):
             return True
     return False
 
