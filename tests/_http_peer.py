@@ -127,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.record = Connection(self.client_address[1])
         with self.server.lock:
             self.server.connections.append(self.record)
+            self.server.handlers.append((threading.current_thread(), self.connection))
         self.rfile = _Counting(self.rfile, self.record)  # type: ignore[assignment]
 
     def handle(self) -> None:
@@ -189,6 +190,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.connections: List[Connection] = []
+        self.handlers: List[Any] = []  # (thread, socket) of each connection served
         self.tls_context = tls_context
         self.handle = handle
 
@@ -248,6 +250,17 @@ class Peer:
     def __exit__(self, *exc: Any) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # End every connection's thread now (a keep-alive client may never close): a thread
+        # that wakes up later, during another test's fork, is what hook-less forks hang on.
+        with self._server.lock:
+            handlers = list(self._server.handlers)
+        for _, sock in handlers:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the test's own server side, in this process
+            except OSError:
+                pass
+        for thread, _ in handlers:
+            thread.join(5)
 
 
 socketserver.TCPServer.allow_reuse_address = True

@@ -62,9 +62,10 @@ class Listener:
             self._sock.listen(64)
         self._sock.settimeout(0.1)
         self._stop = threading.Event()
+        self._accepted = 0
+        self._readers: List[threading.Thread] = []
         self._thread = threading.Thread(target=self._serve, name=f"log-{kind}", daemon=True)
         self._thread.start()
-        self._accepted = 0
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -81,7 +82,9 @@ class Listener:
             with self.lock:
                 self.received.setdefault(key, [])
                 self.bytes.setdefault(key, 0)
-            threading.Thread(target=self._read, args=(conn, key), daemon=True).start()
+            reader = threading.Thread(target=self._read, args=(conn, key), daemon=True)
+            self._readers.append(reader)
+            reader.start()
 
     def _read(self, conn: socket.socket, key: Any) -> None:
         buffer = b""
@@ -140,6 +143,8 @@ class Listener:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        for reader in self._readers:  # no thread of this test left to wake up in another's fork
+            reader.join(5)
         self._sock.close()
 
 
