@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from .. import _settings
 from .._errors import ConfigError, ForkSafetyError, ForkSafetyWarning
@@ -21,7 +20,12 @@ from .._lookup import calls_for, find_adapter, fix_for, type_name
 from .._mphooks import forked_by_multiprocessing, handlers, multiprocessing_after_fork
 from .._registry import REGISTRY, log, registered, run_one
 from .._report import Entry, Finding, Report
-from . import _fds, _inventory, _threads, _tracking
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
+if TYPE_CHECKING:  # the guard's machinery loads only once it is switched on (or asked)
+    from typing import Any, Iterable, List, Optional, Set, Tuple
+
+    from . import _fds, _inventory, _threads, _tracking
 
 __all__ = ["Finding", "guard", "guard_default", "check", "mode", "MODES"]
 
@@ -47,7 +51,9 @@ class _Observer:
     """The guard's subscription to the registry."""
 
     def after_resets(self, report: Report) -> None:
-        _tracking.refresh_pid()  # a server that forks without at-fork hooks (uWSGI) lands here first
+        tracking = sys.modules.get("postfork._guard._tracking")
+        if tracking is not None:  # a server that forks without at-fork hooks (uWSGI) lands here first
+            tracking.refresh_pid()
         current = mode()
         if current == "off":
             return
@@ -73,6 +79,7 @@ _snapshot_installed = False
 
 
 def _apply() -> None:
+    from . import _threads, _tracking
     global _snapshot_installed
     on = mode() != "off"
     if on:
@@ -88,6 +95,7 @@ def _apply() -> None:
 
 
 def _before_fork() -> None:
+    from . import _inventory
     if mode() != "off":
         _inventory.take_snapshot()
 
@@ -124,12 +132,14 @@ _FIX_CLIENT = ("postfork.register(client) right after building it (postfork rese
 
 
 def _unmanaged_clients(ids: Set[int], inherited_only: bool) -> List[Tuple[Any, _tracking.Origin]]:
+    from . import _inventory
     me = os.getpid()
     return [(obj, origin) for obj, origin, managed in _inventory.client_roots(ids)
             if not managed and not (inherited_only and origin.pid == me)]
 
 
 def _client_finding(obj: Any, origin: _tracking.Origin, here: int) -> Finding:
+    from . import _inventory
     name = type_name(obj)
     site = origin.site
     where = f"at {site}" if site else "at an unknown site"
@@ -149,6 +159,7 @@ def _client_finding(obj: Any, origin: _tracking.Origin, here: int) -> Finding:
 
 def _thread_findings(threads: Iterable[_threads.AliveThread], master: int, here: int,
                      ids: Set[int]) -> List[Finding]:
+    from . import _inventory
     found = []
     for thread in threads:
         if thread.native:
@@ -200,6 +211,7 @@ def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reporte
     client already reported (``reported``: ids) are part of its finding, and those of a managed
     client are its reset's business (a ``local``'s inherited instance is kept, unused, with its
     connection: dropping it would run its finalizers)."""
+    from . import _fds, _inventory, _tracking
     inodes = _fds.socket_inodes()
     if inodes is None:
         return []
@@ -245,6 +257,7 @@ def _socket_findings(snapshot: Optional[_inventory.Snapshot], here: int, reporte
 def _import_findings(report: Optional[Report], snapshot: Optional[_inventory.Snapshot],
                      master: int, here: int) -> List[Finding]:
     """Imports a thread of the master had in flight at fork (released by the registry)."""
+    from . import _threads
     if report is None:
         return []
     threads = {t.ident: t for t in (snapshot.threads if snapshot is not None else _threads.alive_threads())}
@@ -273,6 +286,7 @@ def _is_multiprocessing_own(file: Optional[str]) -> bool:
 def _mp_hook_findings(master: int, here: int) -> List[Finding]:
     """``multiprocessing.util.register_after_fork`` handlers, in a child multiprocessing did not
     start: they never run here (unless the opt-in runs them)."""
+    from . import _tracking
     if forked_by_multiprocessing() or registered(multiprocessing_after_fork):
         return []
     found = []
@@ -295,6 +309,7 @@ def _mp_hook_findings(master: int, here: int) -> List[Finding]:
 
 
 def _file_findings(ids: Set[int], master: int, here: int) -> List[Finding]:
+    from . import _inventory
     found = []
     for holder, f in _inventory.app_files(ids):
         path = getattr(f, "name", "?")
@@ -326,6 +341,7 @@ def _loop_findings(master: int, here: int) -> List[Finding]:
 
 
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
+    from . import _inventory, _threads, _tracking
     here = os.getpid()
     snapshot = _inventory.snapshot()
     if report is None:
