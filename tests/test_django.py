@@ -368,9 +368,20 @@ def test_guard_names_an_unmanaged_connection_and_cache(services: None, restore_g
     db_line = _line() - 1
     caches["default"].set("postfork-guard", 1, 10)
     cache_line = _line() - 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = run_in_child(_findings_in_child)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = run_in_child(_findings_in_child)
+    finally:
+        # This test's unmanaged wrapper and cache must not outlive it: later tests of the
+        # guard (any module) would find them as unmanaged clients of this process.
+        connections["default"].close()
+        for handler in (connections, caches):
+            try:
+                del handler["default"]
+            except AttributeError:
+                pass
+        gc.collect()
     at = {(f["subject"], f["created_at"]) for f in found}
     assert ("django.DatabaseWrapper", f"{HERE}:{db_line}") in at, found
     assert ("django.RedisCache", f"{HERE}:{cache_line}") in at, found

@@ -18,6 +18,7 @@ import sys
 import sysconfig
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
+from .._families import family_of_name
 from .._lookup import type_name
 from .._registry import REGISTRY
 from ._fds import socket_inodes
@@ -108,7 +109,8 @@ def _reachable(obj: Any, tracked: Set[int], depth: int = 5, budget: int = 2000) 
     found: Set[int] = set()
     seen: Set[int] = {id(obj)}
     layer = [obj]
-    for _ in range(depth):
+    family = _family(obj)
+    for hop in range(depth):
         following: List[Any] = []
         for item in layer:
             for ref in references(item):
@@ -117,12 +119,25 @@ def _reachable(obj: Any, tracked: Set[int], depth: int = 5, budget: int = 2000) 
                     continue
                 seen.add(key)
                 if key in tracked:
-                    found.add(key)
+                    # Held directly: covered. Further in, only a client of another family is
+                    # (an implementation detail of this one: botocore's urllib3 pool); one of
+                    # the same family is the application's own (a kombu Producer's Connection).
+                    if hop == 0 or _family(ref) != family:
+                        found.add(key)
+                    continue  # what it holds is its own business, not walked
                 following.append(ref)
                 if len(seen) > budget:
                     return found
         layer = following
     return found
+
+
+def _family(obj: Any) -> Optional[str]:
+    for klass in type(obj).__mro__:
+        family = family_of_name(f"{klass.__module__}.{klass.__qualname__}")
+        if family is not None:
+            return family.name
+    return None
 
 
 def is_managed(origin: Optional[Origin], ids: Set[int]) -> bool:
