@@ -273,12 +273,13 @@ FAMILIES: Tuple[Family, ...] = (
              calls="pymemcache.RetryingClient(pymemcache.Client((host, port)))"),
     )),
     Family("confluent_kafka", ("confluent_kafka",), (
-        # The binding's own types are static C types: their construction cannot be observed
-        # (no __new__ to wrap, no module function that returns them) and they cannot be weakly
-        # referenced, so the guard does not know them (see the report); their Python
-        # subclasses it does.
-        Kind("cimpl.Producer", "confluent_kafka:handle", calls="Producer(conf)"),
-        Kind("cimpl.Consumer", "confluent_kafka:handle", calls="Consumer(conf)"),
+        # The binding's own types are static C types: no __new__ can be set on them and they
+        # cannot be weakly referenced; the guard observes them at their tp_new slot
+        # (postfork/_guard/_static.py). Their Python subclasses are tracked as usual.
+        Kind("cimpl.Producer", "confluent_kafka:handle", track="confluent_kafka.cimpl:Producer",
+             calls="Producer(conf)"),
+        Kind("cimpl.Consumer", "confluent_kafka:handle", track="confluent_kafka.cimpl:Consumer",
+             calls="Consumer(conf)"),
         Kind("confluent_kafka.cimpl.Producer", "confluent_kafka:handle", calls="Producer(conf)"),
         Kind("confluent_kafka.cimpl.Consumer", "confluent_kafka:handle", calls="Consumer(conf)"),
         Kind("confluent_kafka.serializing_producer.SerializingProducer", "confluent_kafka:handle",

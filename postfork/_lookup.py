@@ -11,6 +11,7 @@ imported only when an object of theirs is registered.
 from __future__ import annotations
 
 import importlib
+import sys
 
 from ._contract import Adapter, as_adapter
 from ._families import kind_of_name
@@ -38,6 +39,12 @@ def type_name(obj: Any) -> str:
     module = cls.__module__
     if module == "builtins":
         return cls.__qualname__
+    if module not in sys.modules:
+        # A C type named for its extension's bare name ("cimpl.Producer"): the package that
+        # holds that extension is what users import (confluent_kafka.Producer).
+        module = next((name for name, mod in list(sys.modules.items())
+                       if name.endswith("." + module) and getattr(mod, cls.__name__, None) is cls),
+                      module)
     if module != "__main__":
         module = module.lstrip("_").split(".")[0] or module
     return f"{module}.{cls.__qualname__}"

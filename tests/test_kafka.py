@@ -327,25 +327,97 @@ def test_guard_names_an_unmanaged_serializing_producer_by_its_line(
     assert not [f for f in found if f[2] == f"{here}:{managed_line}"]
 
 
+@pytest.mark.parametrize("kind", ["Producer", "Consumer"])
 @pytest.mark.parametrize("registered", [False, True], ids=["unmanaged", "registered"])
-def test_guard_and_a_plain_producer(kafka_broker: Broker, topic: str, restore_guard: None,
-                                    registered: bool) -> None:
-    """The binding's Producer is a static C type whose construction the guard cannot observe
-    (see the report): unmanaged, the guard names its inherited connections to the broker (no
-    creation site); registered, they are retired and the guard finds nothing."""
+def test_guard_names_a_plain_handle_by_its_line(kafka_broker: Broker, topic: str,
+                                                restore_guard: None, kind: str,
+                                                registered: bool) -> None:
+    """The binding's Producer and Consumer are static C types (no ``__new__`` to set, no weak
+    references): the guard observes them at their ``tp_new`` slot. Unmanaged, the guard names
+    the client with its creation line and its inherited connection to the broker; registered,
+    the connection is retired and the guard finds nothing."""
     postfork.guard("warn")
-    producer = Producer(conf(kafka_broker))
+    if kind == "Producer":
+        handle: Any = Producer(conf(kafka_broker))
+        line = sys._getframe().f_lineno - 1
+        deliver(handle, topic, "x")
+    else:
+        handle = Consumer({**conf(kafka_broker), "group.id": topic, "auto.offset.reset": "earliest"})
+        line = sys._getframe().f_lineno - 1
+        handle.list_topics(timeout=10)  # connected
     if registered:
-        postfork.register(producer)
-    deliver(producer, topic, "x")
-    ports = own_ports(kafka_broker)
+        postfork.register(handle)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             found = run_in_child(_findings)
     finally:
-        postfork.unregister(producer)
-        producer.close()
+        postfork.unregister(handle)
+        handle.close()
+    here = os.path.relpath(__file__)
+    clients = [f for f in found if f[0] == "client"]
     sockets = {f[1] for f in found if f[0] == "socket"}
-    assert (kafka_broker[0] in sockets) is not registered, (found, ports)
-    assert not [f for f in found if f[0] == "client"]  # not known as a client: a guard change
+    if registered:
+        assert not clients and kafka_broker[0] not in sockets, found
+    else:
+        assert ("client", f"confluent_kafka.{kind}", f"{here}:{line}") in clients, found
+        assert kafka_broker[0] in sockets, found
+
+
+def test_tracking_a_plain_handle_is_invisible(kafka_broker: Broker, restore_guard: None) -> None:
+    """What the binding's users can see of its types is unchanged by the guard's tracking."""
+    from confluent_kafka import cimpl
+
+    new = cimpl.Producer.__new__
+    postfork.guard("warn")
+    producer = Producer(conf(kafka_broker))
+    try:
+        assert type(producer) is cimpl.Producer and ck.Producer is cimpl.Producer
+        assert cimpl.Producer.__new__ is new or cimpl.Producer.__new__ == new
+        assert not hasattr(producer, "__dict__") and "__weakref__" not in dir(producer)
+        assert isinstance(SerializingProducer.__new__(SerializingProducer), SerializingProducer)
+        assert type(cimpl.Producer.__new__(cimpl.Producer)) is cimpl.Producer
+    finally:
+        producer.close()
+
+
+def test_guard_reset_retires_an_unmanaged_plain_producer(kafka_broker: Broker, topic: str,
+                                                         restore_guard: None) -> None:
+    """``POSTFORK_GUARD=reset`` resets what it finds: an unmanaged Producer is retired in the
+    child (its use raises RetiredError) instead of hanging it in ``flush()``."""
+    postfork.guard("reset")
+    producer = Producer(conf(kafka_broker))
+    deliver(producer, topic, "x")
+
+    def flush() -> str:
+        try:
+            producer.flush(1)
+        except postfork.RetiredError as exc:
+            return str(exc)
+        return "flushed"
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            message = run_in_child(flush, timeout=20)
+        deliver(producer, topic, "after")  # the parent's own is unaffected
+    finally:
+        producer.close()
+    assert "postfork.local" in message, message
+
+
+def test_doctor_names_a_forgotten_producer(kafka_broker: Broker) -> None:
+    """``postfork doctor`` on an app that built a plain Producer at import and forgot it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFORK_")}
+    env.update(PYTHONPATH=os.path.join(root, "tests", "doctor_apps"), KAFKA_BOOTSTRAP=kafka_broker[0])
+    done = subprocess.run([sys.executable, "-m", "postfork", "doctor", "kafka_app", "--json"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    with open(os.path.join(root, "tests", "doctor_apps", "kafka_app.py")) as f:
+        line = next(n for n, text in enumerate(f, 1) if "# finding: client" in text)
+    site = os.path.join("tests", "doctor_apps", f"kafka_app.py:{line}")
+    clients = [f for f in report["findings"] if f["kind"] == "client"]
+    assert [(f["subject"], f["created_at"]) for f in clients] == [("confluent_kafka.Producer", site)]
+    assert "postfork.local(lambda: Producer(conf))" in clients[0]["fix"]

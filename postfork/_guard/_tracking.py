@@ -120,12 +120,15 @@ def records() -> Dict[int, Origin]:
 
 def origin_of(obj: Any) -> Optional[Origin]:
     origin = _records.get(id(obj))
-    return origin if origin is not None and origin() is obj else None
+    if origin is not None and origin() is obj:
+        return origin
+    return next((o for o in _held_origins() if o() is obj), None)
 
 
 def origins() -> List[Origin]:
-    """Every live tracked object's origin, oldest first."""
-    return [o for o in list(_records.values()) if o() is not None]
+    """Every live tracked object's origin: the weakly referenced ones oldest first, then the
+    ones that cannot be (they hold their object until the list is dropped)."""
+    return [o for o in list(_records.values()) if o() is not None] + _held_origins()
 
 
 def _sweep() -> None:
@@ -225,22 +228,88 @@ def is_server_site(file: Optional[str]) -> bool:
     return False
 
 
+def _site(frame: FrameType, leaf: bool) -> Tuple[Optional[Origin], Optional[str], int]:
+    code = frame.f_code
+    if _library_cache.get(code.co_filename) is False:  # built by the application itself
+        return None, code.co_filename, frame.f_lineno
+    return observe_site(frame, leaf)
+
+
 def _record(obj: Any, frame: FrameType, leaf: bool) -> None:
     try:
         origin = Origin(obj)
     except TypeError:  # not weakly referenceable: never hold a client strongly
         return
     origin.pid = _pid
-    code = frame.f_code
-    if _library_cache.get(code.co_filename) is False:  # built by the application itself
-        origin.owner = None
-        origin.file = code.co_filename
-        origin.line = frame.f_lineno
-    else:
-        origin.owner, origin.file, origin.line = observe_site(frame, leaf)
+    origin.owner, origin.file, origin.line = _site(frame, leaf)
     _records[id(obj)] = origin
     if len(_records) > _sweep_at:
         _sweep()
+
+
+# -- objects that cannot be weakly referenced ------------------------------------------------
+#
+# A static C type's instances (confluent-kafka's Producer) have no weak references, and holding
+# one strongly would keep a client (its threads, its connections) alive. Their construction is
+# noted by id: id -> (pid, owner, file, line). Whether such an object still lives is learned
+# when the inventory is read, from the collector's list of live objects (these types are
+# tracked by it), and a record whose object is gone is dropped then: a new object at the same
+# address went through tp_new and replaced the record.
+
+_handles: Dict[int, Tuple[int, Optional[Origin], Optional[str], int]] = {}
+_handle_types: Tuple[type, ...] = ()
+
+
+class _Anchor:
+    """What every HeldOrigin weakly refers to (a weakref needs a referent): lives forever."""
+
+    __slots__ = ("__weakref__",)
+
+
+_ANCHOR = _Anchor()
+
+
+class HeldOrigin(Origin):
+    """The origin of a live object that cannot be weakly referenced, made for one reading of
+    the inventory and dropped with it: it holds the object strongly."""
+
+    __slots__ = ("_obj",)
+
+    _obj: Any
+
+    def __call__(self) -> Any:
+        return self._obj
+
+
+def _record_handle(obj: Any, frame: FrameType, leaf: bool) -> None:
+    if not _on:
+        return
+    if type(obj).__weakrefoffset__:  # a Python subclass: tracked like any other object
+        if id(obj) not in _records:
+            _record(obj, frame, leaf)
+        return
+    owner, file, line = _site(frame, leaf)
+    _handles[id(obj)] = (_pid, owner, file, line)
+
+
+def _held_origins() -> List[Origin]:
+    if not _handles:
+        return []
+    import gc
+
+    held: List[Origin] = []
+    for obj in gc.get_objects():
+        if issubclass(type(obj), _handle_types):
+            record = _handles.get(id(obj))
+            if record is None:
+                continue
+            origin = HeldOrigin(_ANCHOR)
+            origin._obj = obj
+            origin.pid, origin.owner, origin.file, origin.line = record
+            held.append(origin)
+    for key in set(_handles) - {id(o()) for o in held}:
+        del _handles[key]  # its object is gone
+    return held
 
 
 # -- patching ------------------------------------------------------------------------------
@@ -267,6 +336,20 @@ def _wrap_new(cls: type, leaf: bool, fileno_at: Optional[int] = None) -> None:
     cls.__new__ = staticmethod(__new__)  # type: ignore[assignment]
 
 
+_HEAPTYPE = 1 << 9
+
+
+def _wrap_static(cls: type, leaf: bool) -> None:
+    """A type defined in C (see :mod:`._static`): observed at its ``tp_new`` slot."""
+    global _handle_types
+    if cls in _handle_types:
+        return
+    from ._static import wrap_tp_new
+
+    if wrap_tp_new(cls, lambda obj, frame: _record_handle(obj, frame, leaf)):
+        _handle_types += (cls,)
+
+
 def _wrap_function(module: ModuleType, name: str, leaf: bool) -> None:
     original = getattr(module, name)
     if getattr(original, "__postfork_wrapped__", False):
@@ -288,7 +371,9 @@ def _wrap_function(module: ModuleType, name: str, leaf: bool) -> None:
 def _patch(module: ModuleType) -> None:
     for name, leaf in _TARGETS.get(module.__name__, ()):
         target = getattr(module, name, None)
-        if isinstance(target, type):
+        if isinstance(target, type) and not target.__flags__ & _HEAPTYPE:
+            _wrap_static(target, leaf)
+        elif isinstance(target, type):
             _wrap_new(target, leaf, _WRAPS_A_DESCRIPTOR.get((module.__name__, name)))
         elif callable(target):
             _wrap_function(module, name, leaf)
