@@ -69,6 +69,24 @@ def test_resets_run_in_registration_order_once_per_child() -> None:
     assert order == []  # nothing ran in the parent
 
 
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_the_at_fork_resets_run_with_the_collector_paused(enabled: bool) -> None:
+    """A collection in a new child walks every object the master built (copy-on-write faults
+    over the whole heap): the at-fork resets run with the cyclic collector paused, and its
+    state is the application's again afterwards, off if the application had it off."""
+    seen: List[bool] = []
+    client = postfork.register(Client(), lambda _o: seen.append(gc.isenabled()))
+    if not enabled:
+        gc.disable()
+    try:
+        during, after = run_in_child(lambda: (list(seen), gc.isenabled()), reset=False)
+    finally:
+        gc.enable()
+    assert during and not any(during), during
+    assert after is enabled
+    assert postfork.registered(client)
+
+
 def test_weakly_held_object_leaves_the_registry_when_collected() -> None:
     c = Client()
     postfork.register(c, record)
