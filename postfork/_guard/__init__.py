@@ -341,6 +341,12 @@ def _loop_findings(master: int, here: int) -> List[Finding]:
 
 
 def _collect(report: Optional[Report], reset: bool) -> List[Finding]:
+    from . import _tracking
+    with _tracking.one_look():
+        return _collect_once(report, reset)
+
+
+def _collect_once(report: Optional[Report], reset: bool) -> List[Finding]:
     from . import _inventory, _threads, _tracking
     here = os.getpid()
     snapshot = _inventory.snapshot()

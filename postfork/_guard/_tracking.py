@@ -292,9 +292,27 @@ def _record_handle(obj: Any, frame: FrameType, leaf: bool) -> None:
     _handles[id(obj)] = (_pid, owner, file, line)
 
 
+class one_look:
+    """While the guard reads the inventory (several passes over the origins), the collector's
+    list is scanned once: ``with one_look(): ...``."""
+
+    depth = 0
+    held: Optional[List[Origin]] = None
+
+    def __enter__(self) -> None:
+        one_look.depth += 1
+
+    def __exit__(self, *_: Any) -> None:
+        one_look.depth -= 1
+        if not one_look.depth:
+            one_look.held = None  # the objects are held strongly: only for this look
+
+
 def _held_origins() -> List[Origin]:
     if not _handles:
         return []
+    if one_look.held is not None:
+        return one_look.held
     import gc
 
     held: List[Origin] = []
@@ -309,6 +327,8 @@ def _held_origins() -> List[Origin]:
             held.append(origin)
     for key in set(_handles) - {id(o()) for o in held}:
         del _handles[key]  # its object is gone
+    if one_look.depth:
+        one_look.held = held
     return held
 
 
