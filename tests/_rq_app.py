@@ -23,7 +23,7 @@ import psycopg
 import redis
 
 import postfork
-from postfork.integrations.rq import Worker
+from _rq_worker import Worker  # postfork.integrations.rq.Worker, RQ's shutdown made prompt
 
 _MANAGED = os.environ.get("POSTFORK_TEST_UNMANAGED") != "1"
 _PREFIX = os.environ["POSTFORK_TEST_PREFIX"]

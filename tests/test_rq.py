@@ -168,7 +168,7 @@ def test_worker_pool_processes_and_horses_each_have_their_own(rq_run: Run) -> No
     """``rq worker-pool`` with the documented line: the app is built in the pool's main process
     (as ``--config``), two pool processes are forked from it, each forks a horse per job."""
     jobs = rq_run.enqueue(50)
-    server = rq_run.run("worker-pool", "-n", "2", "-w", "postfork.integrations.rq.Worker",
+    server = rq_run.run("worker-pool", "-n", "2", "-w", "_rq_worker.Worker",
                         "-c", "_rq_app")
 
     done, failed = _results(jobs)
@@ -192,7 +192,7 @@ def test_worker_pool_unmanaged_horses_cross_replies(rq_run: Run) -> None:
     """The hazard under ``rq worker-pool`` (django-rq#650): the horses of both pool processes
     talk at once over the main process's one redis connection and PostgreSQL session."""
     jobs = rq_run.enqueue(30, rounds=200, timeout=10)
-    server = rq_run.run("worker-pool", "-n", "2", "-w", "postfork.integrations.rq.Worker",
+    server = rq_run.run("worker-pool", "-n", "2", "-w", "_rq_worker.Worker",
                         "-c", "_rq_app", unmanaged=True)
 
     done, failed = _results(jobs)
@@ -208,7 +208,7 @@ def test_worker_pool_unmanaged_horses_cross_replies(rq_run: Run) -> None:
 
 def test_strict_mode_fails_the_job_before_it_runs(rq_run: Run) -> None:
     jobs = rq_run.enqueue(1)
-    server = rq_run.run("worker", "-w", "postfork.integrations.rq.Worker", "-c", "_broken",
+    server = rq_run.run("worker", "-w", "_rq_worker.Worker", "-c", "_broken",
                         env={"POSTFORK_STRICT": "1"})
     _, failed = _results(jobs)
     log = server.log
