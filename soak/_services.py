@@ -81,26 +81,26 @@ class RedisServer:
 
 
 def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or ([shutil.which(name)] if shutil.which(name) else [])
-    if not found:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))  # Debian keeps them off PATH
+    binary = found[-1] if found else shutil.which(name)
+    if binary is None:
         raise RuntimeError(f"PostgreSQL's {name} is not installed")
-    return str(found[-1])
+    return binary
 
 
 class PostgresServer:
     """``postgres`` on a free port with a data directory made by ``initdb`` (trust auth, no
     fsync: the data is thrown away)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self) -> None:
         self.port = free_port()
-        self.dir = workdir / f"postgres-{self.port}"
+        self.dir = workdir("postfork-soak-pg-")  # not the caller's: it may be private to root
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.restarts = 0
         self._user: Dict[str, Any] = {}
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             self._user = {"user": entry.pw_uid, "group": entry.pw_gid}
-        self.dir.mkdir(parents=True)
         self._chown(self.dir)
         self._run([_pg_bin("initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres",
                    "--no-sync", "-E", "UTF8"])
@@ -151,6 +151,9 @@ class PostgresServer:
         time.sleep(down)
         self.start()
         self.restarts += 1
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def workdir(prefix: str = "postfork-soak-") -> Path:

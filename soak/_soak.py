@@ -17,13 +17,13 @@ import sys
 import threading
 import time
 import uuid
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlparse, urlunparse
 
+from _journal import parse
 from _services import PostgresServer, RedisServer, free_port, workdir
 
 SOAK = Path(__file__).resolve().parent
@@ -221,9 +221,6 @@ class Tally:
         return {r["pid"] for r in self.answered}
 
 
-JOURNAL_LINE = re.compile(r"(\S+) (\d+) (-?\d+) ([0-9a-f]{8})")
-
-
 def check_journal(path: Path, tally: Tally) -> Dict[str, Any]:
     """Every line intact (its CRC matches); each answered request's line exactly once, naming
     the pid that answered; a failed request's at most once; no other line."""
@@ -232,12 +229,13 @@ def check_journal(path: Path, tally: Tally) -> Dict[str, Any]:
     bad = 0
     lines = path.read_text().splitlines() if path.exists() else []
     for line in lines:
-        m = JOURNAL_LINE.fullmatch(line)
-        if not m or f"{zlib.crc32(line.rsplit(' ', 1)[0].encode()):08x}" != m.group(4):
+        parsed = parse(line)
+        if parsed is None:
             bad += 1
             continue
-        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-        owner[m.group(1)] = int(m.group(2))
+        ident, pid, _ = parsed
+        counts[ident] = counts.get(ident, 0) + 1
+        owner[ident] = pid
     answered = {r["id"]: r["pid"] for r in tally.answered}
     missing = [i for i in answered if counts.get(i, 0) == 0]
     repeated = [i for i, c in counts.items() if c > 1]
@@ -280,8 +278,11 @@ def http_load(port: int, tag: str, start: int, stop: int, threads: int, tally: T
 
 # --- scenarios ------------------------------------------------------------------------------
 
-def run_scenario(sc: Scenario, root: Optional[Path] = None) -> Dict[str, Any]:
-    """Run ``sc``; its figures, with ``problems`` listing every check that failed."""
+def run_scenario(sc: Scenario, root: Optional[Path] = None, redis_url: str = REDIS_URL,
+                 postgres_dsn: str = POSTGRES_DSN) -> Dict[str, Any]:
+    """Run ``sc`` against the Redis server of ``redis_url`` (database 11) and the PostgreSQL
+    of ``postgres_dsn``, or servers of its own for the restarts; its figures, with
+    ``problems`` listing every check that failed."""
     started = time.monotonic()
     root = root or workdir()
     tag = f"postfork_soak_{os.getpid()}_{sc.name.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
@@ -290,12 +291,12 @@ def run_scenario(sc: Scenario, root: Optional[Path] = None) -> Dict[str, Any]:
     own_redis = own_pg = None
     if sc.restarts:
         progress(f"[{sc.name}] starting a Redis server and a PostgreSQL server of its own")
-        own_redis, own_pg = RedisServer(root), PostgresServer(root)
+        own_redis, own_pg = RedisServer(root), PostgresServer()
         own_redis.start()
         own_pg.start()
         redis_url, dsn = own_redis.url, own_pg.dsn(tag)
     else:
-        redis_url, dsn = with_db(REDIS_URL, REDIS_DB), with_application_name(POSTGRES_DSN, tag)
+        redis_url, dsn = with_db(redis_url, REDIS_DB), with_application_name(postgres_dsn, tag)
     env = {"SOAK_REDIS_URL": redis_url, "SOAK_POSTGRES_DSN": dsn, "SOAK_TABLE": tag,
            "SOAK_PREFIX": tag, "SOAK_DIR": str(data), "PYTHONPATH": str(SOAK)}
     figures: Dict[str, Any] = {"scenario": sc.name, "server": sc.server, "workers": sc.workers,
@@ -321,9 +322,14 @@ def run_scenario(sc: Scenario, root: Optional[Path] = None) -> Dict[str, Any]:
                             f"before, {after} after shutdown")
     finally:
         _cleanup(redis_url, dsn, tag)
-        for server in (own_redis, own_pg):
-            if server is not None:
-                server.stop()
+        if own_redis is not None:
+            own_redis.stop()
+        if own_pg is not None:
+            own_pg.stop()
+            own_pg.remove()
+        figures["server_restarts"] = [s.restarts for s in (own_redis, own_pg) if s is not None]
+    if sc.restarts and figures["server_restarts"] != [1, 1]:
+        problems.append(f"restarts [redis, postgres]: {figures['server_restarts']}, not [1, 1]")
     figures["seconds"] = round(time.monotonic() - started, 1)
     progress(f"[{sc.name}] done in {figures['seconds']} s, {len(problems)} problem(s)")
     return figures
@@ -385,6 +391,7 @@ def _http(sc: Scenario, tag: str, data: Path, env: Dict[str, str], figures: Dict
         master = get(port, "/master")
         mpid = master["pid"]
         figures["master_pid"] = mpid
+        figures["master_preload"] = master
         wait(lambda: len(children(mpid)) == sc.workers, 60, f"{sc.workers} workers")
         first = set(children(mpid))
         progress(f"[{sc.name}] {sc.server} up (master {mpid}); {sc.checkpoint} requests")
@@ -398,7 +405,7 @@ def _http(sc: Scenario, tag: str, data: Path, env: Dict[str, str], figures: Dict
             # replacement gets to answer before it can be picked in turn).
             with tally.lock:
                 served = tally.pids()
-            victims = [pid for pid in children(mpid) if pid in served]
+            victims = [pid for pid in children(mpid) if pid in served and pid not in kills]
             if victims:
                 victim = random.choice(victims)
                 os.kill(victim, signal.SIGKILL)
@@ -407,10 +414,15 @@ def _http(sc: Scenario, tag: str, data: Path, env: Dict[str, str], figures: Dict
         restart_threads: List[threading.Thread] = []
 
         def restart(what: Any) -> Callable[[], None]:
+            """An action that restarts ``what`` in a thread of its own: the load goes on."""
             def go() -> None:
                 progress(f"[{sc.name}] restarting {type(what).__name__} on port {what.port}")
                 what.restart()
-            return lambda: restart_threads.append(threading.Thread(target=go)) or restart_threads[-1].start()
+
+            def start() -> None:
+                restart_threads.append(threading.Thread(target=go))
+                restart_threads[-1].start()
+            return start
 
         rest = sc.requests - sc.checkpoint
         at = {rest // 3: restart(own_redis), 2 * rest // 3: restart(own_pg)} if sc.restarts else None
@@ -450,7 +462,8 @@ def _check_respawns(sc: Scenario, port: int, tag: str, mpid: int, first: Set[int
     if not set(children(mpid)) <= tally.pids():
         problems.append("a respawned worker never answered")
     if len(spawned) < len(kills):
-        problems.append(f"{len(kills)} kills but {len(spawned)} respawned workers answered")
+        problems.append(f"{len(kills)} kills but {len(spawned)} respawned workers answered "
+                        f"(first {sorted(first)}, killed {kills}, answered {sorted(tally.pids())})")
 
 
 def _check_recovery(sc: Scenario, port: int, tag: str, mpid: int, before: Set[int], tally: Tally,

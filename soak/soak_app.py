@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import parse_qs
 
@@ -36,6 +35,7 @@ import sqlalchemy
 from psycopg_pool import ConnectionPool
 
 import postfork
+from _journal import journal_line
 
 UNMANAGED = os.environ.get("POSTFORK_DEMO_UNMANAGED") == "1"
 DATA_DIR = os.environ["SOAK_DIR"]
@@ -49,7 +49,7 @@ def manage(obj: Any) -> Any:
     return obj if UNMANAGED else postfork.register(obj)
 
 
-cache: "redis.Redis[bytes]" = manage(redis.Redis.from_url(
+cache: redis.Redis = manage(redis.Redis.from_url(
     os.environ["SOAK_REDIS_URL"], socket_timeout=5, socket_connect_timeout=2, client_name=PREFIX))
 
 # check=: a connection the server dropped (a restart) is replaced on the next getconn instead
@@ -90,11 +90,6 @@ _setup()
 MASTER: Dict[str, Any] = {"pid": os.getpid(), **_identities()}
 
 
-def journal_line(ident: str, pid: int, n: int) -> str:
-    body = f"{ident} {pid} {n}"
-    return f"{body} {zlib.crc32(body.encode()):08x}\n"
-
-
 def _try(answers: Dict[str, Any], errors: Dict[str, str], name: str, call: Callable[[], Any]) -> None:
     try:
         answers[name] = call()
@@ -114,7 +109,7 @@ def _redis(ident: str, n: int) -> Optional[str]:
     key = f"{PREFIX}:{ident}"
     cache.set(key, f"{ident}:{n}", ex=600)
     value = cache.get(key)
-    return value.decode() if value is not None else None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _sqlite(n: int) -> Any:
