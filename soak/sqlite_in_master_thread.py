@@ -8,6 +8,8 @@ the master's main thread only, at import.
 
 forks FORKS children (default 100) while a thread keeps SQLite busy, lets each child run one
 SQLite query with a 5 s limit, and prints how many hung. A child that hangs is killed.
+Measured here: 16 of 100 hung; gdb on one shows it waiting in ``pthread_mutex_lock`` called from
+``sqlite3Malloc`` (SQLite's allocator mutex) at its first ``sqlite3.connect``.
 """
 
 from __future__ import annotations
