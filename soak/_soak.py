@@ -217,6 +217,13 @@ class Tally:
     def client_errors(self) -> int:
         return sum(1 for r in self.answered if r["errors"])
 
+    def errors_by_client(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for r in self.answered:
+            for name in r["errors"]:
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def pids(self) -> Set[int]:
         return {r["pid"] for r in self.answered}
 
@@ -429,12 +436,16 @@ def _http(sc: Scenario, tag: str, data: Path, env: Dict[str, str], figures: Dict
         every = (sc.kill_every, kill) if sc.kill_every else None
         before_restart = tally.pids()
         http_load(port, tag, sc.checkpoint, sc.requests, sc.threads, tally, every=every, at=at)
+        next_id = sc.requests
+        while any(t.is_alive() for t in restart_threads):  # load for as long as a restart lasts
+            http_load(port, tag, next_id, next_id + 20, sc.threads, tally)
+            next_id += 20
         for t in restart_threads:
             t.join()
         if sc.kill_every:
             _check_respawns(sc, port, tag, mpid, first, kills, tally, figures, problems)
         if sc.restarts:
-            _check_recovery(sc, port, tag, mpid, before_restart, tally, data, figures, problems)
+            _check_recovery(sc, port, tag, mpid, before_restart, tally, data, figures, problems, next_id)
         figures["fds_end"], figures["rss_kib_end"] = quiet_sample(mpid, sc.workers)
         if get(port, "/master")["pid"] != mpid or server.proc.poll() is not None:
             problems.append("the master changed or died")
@@ -450,7 +461,11 @@ def _http(sc: Scenario, tag: str, data: Path, env: Dict[str, str], figures: Dict
 def _check_respawns(sc: Scenario, port: int, tag: str, mpid: int, first: Set[int], kills: List[int],
                     tally: Tally, figures: Dict[str, Any], problems: List[str]) -> None:
     """Every worker killed was replaced, and each replacement answered (more requests until it did)."""
-    wait(lambda: len(children(mpid)) == sc.workers, 30, "the master to respawn its workers")
+    def respawned() -> bool:  # a worker killed a moment ago may not even be a zombie yet
+        live = set(children(mpid))
+        return len(live) == sc.workers and not live & set(kills)
+
+    wait(respawned, 30, "the master to respawn its workers")
     start = sc.requests
     deadline = time.monotonic() + 60
     while not set(children(mpid)) <= tally.pids() and time.monotonic() < deadline:
@@ -467,12 +482,11 @@ def _check_respawns(sc: Scenario, port: int, tag: str, mpid: int, first: Set[int
 
 
 def _check_recovery(sc: Scenario, port: int, tag: str, mpid: int, before: Set[int], tally: Tally,
-                    data: Path, figures: Dict[str, Any], problems: List[str]) -> None:
+                    data: Path, figures: Dict[str, Any], problems: List[str], start: int) -> None:
     """After the restarts: the same workers (none died of it) each answer correctly again, by
     themselves; then the master spawns one more worker (SIGTTIN), its pre_fork hook uses the
     master's own clients, which must work, and that worker answers correctly too."""
     good: Dict[int, int] = {}
-    start = sc.requests
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         fresh = Tally()
@@ -561,8 +575,9 @@ def _check_common(sc: Scenario, tally: Tally, data: Path, figures: Dict[str, Any
     if not sc.kill_every and not sc.restarts and (tally.failed or tally.client_errors()):
         problems.append(f"{len(tally.failed)} failed requests, {tally.client_errors()} client errors "
                         f"with no outage: {list(tally.failed.values())[:3]}")
-    if sc.restarts and not tally.answered:
-        problems.append("nothing answered")
+    figures["errors_by_client"] = tally.errors_by_client()
+    if sc.restarts and set(figures["errors_by_client"]) != {"redis", "postgres"}:
+        problems.append(f"an outage went unseen: errors by client {figures['errors_by_client']}")
     if "fds_start" in figures and "fds_end" in figures:
         if figures["fds_end"] != figures["fds_start"]:
             problems.append(f"master fds {figures['fds_start']} -> {figures['fds_end']}")
