@@ -1,6 +1,7 @@
 # make test: set up .venv with every test dependency, then run the whole suite against the
 # real services (REDIS_URL, POSTGRES_DSN, MYSQL_URL, RabbitMQ on 127.0.0.1; MockupDB for MongoDB).
 # make demo: set up, then run the example app under gunicorn on an embedded default.
+# make soak: the soak app under gunicorn, uWSGI, Celery with recycling, restarts, kill -9 (soak/run.py; SHORT=1: a tenth).
 # make peer: other libraries' own fork tests, from their sdists, with and without postfork
 #   (peer/run.py; PEER_ARGS="--suite redis --mode warn" to narrow it; cache in .peer/).
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: test demo bench peer venv clean check
+.PHONY: test demo bench peer soak venv clean check
 
 venv: $(STAMP)
 
@@ -36,6 +37,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+soak: $(STAMP)
+	$(PY) soak/run.py $(if $(SHORT),--short) $(SOAK_ARGS)
 
 peer: $(STAMP)
 	$(PY) peer/run.py $(PEER_ARGS)
