@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 
 def free_port() -> int:
@@ -41,7 +41,30 @@ def _wait(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-class RedisServer:
+class _Restartable:
+    """A server the soak stops and starts again on the same port and data; ``outages`` holds
+    each restart's window (monotonic seconds from stopped to accepting again), so that the
+    soak can show requests were in flight during it."""
+
+    restarts: int
+    outages: List[Tuple[float, float]]
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, down: float = 1.0) -> None:
+        self.stop()
+        stopped = time.monotonic()
+        time.sleep(down)
+        self.start()
+        self.outages.append((stopped, time.monotonic()))
+        self.restarts += 1
+
+
+class RedisServer(_Restartable):
     """``redis-server`` on a free port, no persistence."""
 
     def __init__(self, workdir: Path) -> None:
@@ -50,6 +73,7 @@ class RedisServer:
         self.dir.mkdir(parents=True)
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.restarts = 0
+        self.outages = []
 
     @property
     def url(self) -> str:
@@ -73,11 +97,6 @@ class RedisServer:
             self.proc.wait(20)
         self.proc = None
 
-    def restart(self, down: float = 1.0) -> None:
-        self.stop()
-        time.sleep(down)
-        self.start()
-        self.restarts += 1
 
 
 def _pg_bin(name: str) -> str:
@@ -88,7 +107,7 @@ def _pg_bin(name: str) -> str:
     return binary
 
 
-class PostgresServer:
+class PostgresServer(_Restartable):
     """``postgres`` on a free port with a data directory made by ``initdb`` (trust auth, no
     fsync: the data is thrown away)."""
 
@@ -97,6 +116,7 @@ class PostgresServer:
         self.dir = workdir("postfork-soak-pg-")  # not the caller's: it may be private to root
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.restarts = 0
+        self.outages = []
         self._user: Dict[str, Any] = {}
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
@@ -146,11 +166,6 @@ class PostgresServer:
             self.proc.wait(30)
         self.proc = None
 
-    def restart(self, down: float = 1.0) -> None:
-        self.stop()
-        time.sleep(down)
-        self.start()
-        self.restarts += 1
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

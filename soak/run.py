@@ -59,7 +59,7 @@ def table(results: List[Dict[str, Any]]) -> str:
              "[redis CLIENT LIST by client name, pg_stat_activity by application_name] before start "
              "-> after shutdown"]
     for f in results:
-        extra = {k: f[k] for k in ("errors_by_client", "respawned_answered", "workers_survived", "workers_recovered",
+        extra = {k: f[k] for k in ("errors_by_client", "requests_during_outages", "respawned_answered", "workers_survived", "workers_recovered",
                                    "master_checks", "master_checks_failed", "master_after_restart")
                  if k in f}
         if any(extra.values()):

@@ -65,8 +65,9 @@ def test_own_redis_and_postgres_restarted_under_load(tmp_path, redis_url, postgr
         _missing("PostgreSQL's initdb", "not installed")
     figures = soak("restarts", tmp_path, redis_url, postgres_dsn)
     assert figures["server_restarts"] == [1, 1]
-    # each outage was seen: requests failed on that client during it (errors, not wrong answers)
-    assert set(figures["errors_by_client"]) == {"redis", "postgres"}
+    # each outage fell under load: requests were in flight while that server was down (whether
+    # they failed is the client's business: psycopg_pool waits for a new connection)
+    assert all(figures["requests_during_outages"].values()), figures["requests_during_outages"]
     # the same four workers, each answering correctly again on its own
     assert figures["workers_survived"] == figures["workers_recovered"] == 4
     after = figures["master_after_restart"]
