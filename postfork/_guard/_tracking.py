@@ -283,6 +283,8 @@ class HeldOrigin(Origin):
 
 def _record_handle(obj: Any, frame: FrameType, leaf: bool) -> None:
     if not _on:
+        # A record left by an object that died at this address would name this one.
+        _handles.pop(id(obj), None)
         return
     if type(obj).__weakrefoffset__:  # a Python subclass: tracked like any other object
         if id(obj) not in _records:
