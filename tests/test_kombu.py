@@ -21,14 +21,13 @@ import sys
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 import postfork
 from _alarm import StillWaiting, alarm
 from _locks import held_by_a_parent_thread
-from postfork import _guard
 from postfork.testing import fork_child, run_in_child
 
 kombu = pytest.importorskip("kombu")
@@ -364,16 +363,6 @@ def test_pool_lock_held_by_a_parent_thread_at_fork(amqp_url: str) -> None:
 
 
 # -- the guard -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
 
 
 def _child_findings() -> List[Tuple[str, str, str]]:

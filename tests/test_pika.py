@@ -11,7 +11,6 @@ its own (``postfork.local``). Connections are told apart from the broker's side:
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -24,7 +23,6 @@ import pytest
 import postfork
 from _alarm import StillWaiting, alarm
 from _locks import held_by_a_parent_thread
-from postfork import _guard
 from postfork.testing import fork_child, run_in_child
 
 pika = pytest.importorskip("pika")
@@ -251,16 +249,6 @@ def test_local_gives_each_process_its_own_connection(amqp_url: str,
 
 
 # -- the guard -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
 
 
 def test_guard_names_an_unmanaged_connection_and_reports_the_retired_one(
