@@ -20,11 +20,12 @@ import urllib.request
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import pytest
 
 import postfork
+from _polling import wait_until
 from _servers import Server, free_port
 from postfork.testing import fork_child, run_in_child
 
@@ -124,15 +125,6 @@ class Master:
 @pytest.fixture
 def subject() -> str:
     return f"postfork.test.{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 def publish_from(loop: LoopThread, url: str, subject: str, count: int, gap: float = 0.0) -> Any:
