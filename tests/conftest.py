@@ -256,3 +256,20 @@ def restore_guard() -> Iterator[None]:
         yield
     finally:
         _guard._set_mode(previous)
+
+
+@pytest.fixture
+def managed() -> Iterator[Callable[[Any], Any]]:
+    """``managed(obj)`` registers obj for this test only. (A module whose tests take a
+    ``managed`` parameter or fixture of their own means that one.)"""
+    import postfork
+
+    objs: List[Any] = []
+
+    def register(obj: Any) -> Any:
+        objs.append(postfork.register(obj))
+        return obj
+
+    yield register
+    for obj in objs:
+        postfork.unregister(obj)

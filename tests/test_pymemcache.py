@@ -11,14 +11,13 @@ import collections
 import os
 import select
 import uuid
-import warnings
-from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 
 import postfork
+from _guard_findings import findings_in_a_child
 from _locks import held_by_a_parent_thread
-from postfork import _guard
 from postfork.testing import ChildError, fork_child, run_in_child
 
 pymemcache = pytest.importorskip("pymemcache")
@@ -35,19 +34,6 @@ BASE = 1_000_000  # process i's counter lives in [i * BASE, (i + 1) * BASE)
 @pytest.fixture
 def tag() -> str:
     return f"postfork-test:{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def managed() -> Iterator[Callable[[Any], Any]]:
-    objs: List[Any] = []
-
-    def register(obj: Any) -> Any:
-        objs.append(postfork.register(obj))
-        return obj
-
-    yield register
-    for obj in objs:
-        postfork.unregister(obj)
 
 
 def server_ports(server: Server) -> Set[int]:
@@ -271,13 +257,6 @@ def test_pool_lock_held_by_a_parent_thread_at_fork(memcached_server: Server, tag
 # -- 3. the guard ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    yield
-    _guard._set_mode(previous)
-
-
 def test_guard_names_an_unmanaged_client_and_its_line(memcached_server: Server,
                                                       restore_guard: None) -> None:
     postfork.guard("warn")
@@ -286,17 +265,8 @@ def test_guard_names_an_unmanaged_client_and_its_line(memcached_server: Server,
     unmanaged.version()
     managed_client.version()
 
-    def findings() -> List[Tuple[str, str, Any]]:
-        try:
-            report = postfork.reset_all()
-        except postfork.ForkSafetyError as exc:
-            report = exc.report
-        return [(f.kind, f.subject, f.created_at) for f in report.findings]
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = run_in_child(findings)
+        found = findings_in_a_child()
     finally:
         postfork.unregister(managed_client)
         unmanaged.close()

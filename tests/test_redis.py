@@ -37,20 +37,6 @@ REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 
 @pytest.fixture
-def managed() -> Iterator[Callable[[Any], Any]]:
-    """``managed(obj)`` registers obj for this test only."""
-    objs: List[Any] = []
-
-    def register(obj: Any) -> Any:
-        objs.append(postfork.register(obj))
-        return obj
-
-    yield register
-    for obj in objs:
-        postfork.unregister(obj)
-
-
-@pytest.fixture
 def observer(redis_url: str) -> Iterator["redis.Redis"]:
     """A connection of the test's own, never forked into a child's hands, to ask the server."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
