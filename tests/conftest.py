@@ -273,3 +273,14 @@ def managed() -> Iterator[Callable[[Any], Any]]:
     yield register
     for obj in objs:
         postfork.unregister(obj)
+
+
+@pytest.fixture
+def master_loop() -> "Iterator[LoopThread]":
+    """The master's event loop, running in a thread of its own (as an app that serves sync
+    code does); stopped and closed after the test."""
+    from _loop_thread import LoopThread
+
+    loop = LoopThread("master-loop")
+    yield loop
+    loop.stop()

@@ -14,24 +14,23 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 import postfork
+from _loop_thread import LoopThread
 from _polling import wait_until
 from _servers import Server, free_port
 from postfork.testing import fork_child, run_in_child
 
 nats = pytest.importorskip("nats")
 
-T = TypeVar("T")
 HERE = os.path.relpath(__file__)
 N = 200  # messages published while children reset, connect, publish and exit
 
@@ -70,29 +69,6 @@ def natsd(nats_url: str, tmp_path: Path, servers: List[Any]) -> NatsServer:
 
     server.wait_for(up, 20, "nats-server's monitoring port")
     return ns
-
-
-class LoopThread:
-    """The master's event loop, running in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="master-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def master_loop() -> Iterator[LoopThread]:
-    loop = LoopThread()
-    yield loop
-    loop.stop()
 
 
 class Master:
