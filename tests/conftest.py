@@ -13,10 +13,15 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 from urllib.parse import urlparse
 
 import pytest
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from _loop_thread import LoopThread
 
 # A Redis database of the suite's own: other programs on these machines FLUSHDB database 0.
 # Every test, and every server a test starts, derives its URL from this one.
@@ -276,7 +281,7 @@ def managed() -> Iterator[Callable[[Any], Any]]:
 
 
 @pytest.fixture
-def master_loop() -> "Iterator[LoopThread]":
+def master_loop() -> Iterator[LoopThread]:
     """The master's event loop, running in a thread of its own (as an app that serves sync
     code does); stopped and closed after the test."""
     from _loop_thread import LoopThread
@@ -284,3 +289,13 @@ def master_loop() -> "Iterator[LoopThread]":
     loop = LoopThread("master-loop")
     yield loop
     loop.stop()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The parent's event loop, open across the forks (as in a master that used it)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()

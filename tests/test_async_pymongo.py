@@ -37,14 +37,6 @@ pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The parent's event loop, open across the forks."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
 def client(mongo: Tuple[Any, Seen], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     server, _ = mongo
     c = AsyncMongoClient(server.uri, serverSelectionTimeoutMS=10_000, socketTimeoutMS=10_000)

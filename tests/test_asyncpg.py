@@ -34,14 +34,6 @@ psycopg = pytest.importorskip("psycopg")
 
 
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The parent's event loop, open across the forks (as in a master that used it)."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
 def app() -> str:
     return f"postfork-test-{uuid.uuid4().hex[:12]}"
 
