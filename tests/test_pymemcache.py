@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Set, Tuple
 import pytest
 
 import postfork
+from _gate import Gate
 from _guard_findings import findings_in_a_child
 from _locks import held_by_a_parent_thread
 from postfork.testing import ChildError, fork_child, run_in_child
@@ -63,24 +64,6 @@ def port_of(client: Any) -> int:
     if isinstance(client, PooledClient):
         client = (client.client_pool.free + client.client_pool.used)[0]
     return int(client.sock.getsockname()[1])
-
-
-class Gate:
-    """A pipe that forked processes wait on until the parent opens it."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-
-    def wait(self) -> None:
-        assert select.select([self.r], [], [], 30)[0], "gate never opened"
-        os.read(self.r, 1)
-
-    def open(self, n: int) -> None:
-        os.write(self.w, b"x" * n)
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
 
 
 # -- 1. one Client shared by parent and children -------------------------------------------
