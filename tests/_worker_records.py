@@ -1,27 +1,39 @@
-"""What tests/test_dramatiq.py and tests/test_huey.py share: the environment their task apps
-(built on tests/_threaded_app.py) read, and what the records those apps append say about whose
-connections each worker process used."""
+"""What tests/test_dramatiq.py and tests/test_huey.py share: a run of a task runner with its
+own queue and the environment its task app (built on tests/_threaded_app.py) reads, and what
+the records that app appends say about whose connections each worker process used."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
-from _servers import Server, records
+from _servers import Server, records, with_db
 
 TESTS = Path(__file__).resolve().parent
 
 
-def app_env(redis_url: str, postgres_dsn: str, name: str, records_path: Path, *,
-            unmanaged: bool, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The task app's environment: its Redis and PostgreSQL, ``name`` as its key prefix and
-    queue, where it appends its records; ``env`` on top."""
-    return {"APP_REDIS_URL": redis_url, "POSTGRES_DSN": postgres_dsn,
-            "POSTFORK_TEST_PREFIX": name, "POSTFORK_TEST_QUEUE": name,
-            "POSTFORK_TEST_RECORDS": str(records_path), "PYTHONPATH": str(TESTS),
-            "POSTFORK_TEST_UNMANAGED": "1" if unmanaged else "0", **(env or {})}
+class TaskRun:
+    """A task runner's run on a Redis database, queue and key prefix of its own (``name``), and
+    the file its app records in; ``server`` once started."""
+
+    def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str, db: int) -> None:
+        self.tmp_path = tmp_path
+        self.url = with_db(redis_url, db)
+        self.postgres_dsn = postgres_dsn
+        self.name = f"postfork-test-{uuid.uuid4().hex[:12]}"
+        self.records = tmp_path / f"{self.name}.jsonl"
+        self.server: Optional[Server] = None
+
+    def app_env(self, *, unmanaged: bool, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """The task app's environment: its Redis and PostgreSQL, ``name`` as its key prefix and
+        queue, where it appends its records; ``env`` on top."""
+        return {"APP_REDIS_URL": self.url, "POSTGRES_DSN": self.postgres_dsn,
+                "POSTFORK_TEST_PREFIX": self.name, "POSTFORK_TEST_QUEUE": self.name,
+                "POSTFORK_TEST_RECORDS": str(self.records), "PYTHONPATH": str(TESTS),
+                "POSTFORK_TEST_UNMANAGED": "1" if unmanaged else "0", **(env or {})}
 
 
 def by_process(rows: List[Dict[str, Any]]) -> Dict[int, Set[Tuple[Any, Any]]]:

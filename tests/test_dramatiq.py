@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from _servers import BIN, Server, records, wait_for_records, with_db
-from _worker_records import (app_env, assert_two_processes_each_their_own, by_process,
+from _servers import BIN, Server, records, wait_for_records
+from _worker_records import (TaskRun, assert_two_processes_each_their_own, by_process,
                              shared_connections)
 
 dramatiq = pytest.importorskip("dramatiq")
@@ -34,26 +33,20 @@ SUMMARY = re.compile(r"\[postfork\.integrations\.dramatiq\.Postfork\] \[INFO\] p
 CLOSED = re.compile(r"postfork: closed 2 clients in [\d.]+ ms \(pid (\d+)\), 0 failed")
 
 
-class Dramatiq:
+class Dramatiq(TaskRun):
     """Start Dramatiq on a queue and namespace of its own, send messages, read the records."""
 
     def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
         from dramatiq.brokers.redis import RedisBroker
 
-        self.tmp_path = tmp_path
-        self.url = with_db(redis_url, DB)
-        self.postgres_dsn = postgres_dsn
-        self.name = f"postfork-test-{uuid.uuid4().hex[:12]}"
-        self.records = tmp_path / f"{self.name}.jsonl"
+        super().__init__(tmp_path, redis_url, postgres_dsn, DB)
         self.broker = RedisBroker(url=self.url, namespace=self.name)
-        self.server: Optional[Server] = None
 
     def start(self, argv: List[str], *, processes: int = 2, unmanaged: bool = False,
               env: Optional[Dict[str, str]] = None, wait: bool = True) -> Server:
         self.server = Server([*argv, "_dramatiq_app", "-p", str(processes), "-t", "4"],
                              self.tmp_path / f"{self.name}.log", cwd=TESTS,
-                             env=app_env(self.url, self.postgres_dsn, self.name, self.records,
-                                         unmanaged=unmanaged, env=env))
+                             env=self.app_env(unmanaged=unmanaged, env=env))
         if wait:
             self.server.wait_for(lambda: self.server is not None and self.server.log.count(READY) == processes,
                                  30, f"{processes} worker processes to be ready")

@@ -16,8 +16,8 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from _servers import BIN, Server, records, wait_for_records, with_db
-from _worker_records import (app_env, assert_two_processes_each_their_own, by_process,
+from _servers import BIN, Server, records, wait_for_records
+from _worker_records import (TaskRun, assert_two_processes_each_their_own, by_process,
                              shared_connections)
 
 huey = pytest.importorskip("huey")
@@ -31,24 +31,18 @@ CLOSED = re.compile(r"postfork: closed 2 clients in [\d.]+ ms \(pid (\d+)\), 0 f
 STARTED = re.compile(r"Huey consumer started with")
 
 
-class Consumer:
+class Consumer(TaskRun):
     def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
         from huey import RedisHuey
 
-        self.tmp_path = tmp_path
-        self.url = with_db(redis_url, DB)
-        self.postgres_dsn = postgres_dsn
-        self.name = f"postfork-test-{uuid.uuid4().hex[:12]}"
-        self.records = tmp_path / f"{self.name}.jsonl"
+        super().__init__(tmp_path, redis_url, postgres_dsn, DB)
         self.huey = RedisHuey(self.name, url=self.url)  # to enqueue; the app is not imported here
-        self.server: Optional[Server] = None
 
     def start(self, *args: str, unmanaged: bool = False, env: Optional[Dict[str, str]] = None,
               argv: Optional[List[str]] = None) -> Server:
         self.server = Server([*(argv or [str(BIN / "huey_consumer")]), "_huey_app.huey", *args],
                              self.tmp_path / f"{self.name}.log", cwd=TESTS,
-                             env=app_env(self.url, self.postgres_dsn, self.name, self.records,
-                                         unmanaged=unmanaged, env=env),
+                             env=self.app_env(unmanaged=unmanaged, env=env),
                              stop_signal=signal.SIGINT)  # Huey's graceful shutdown
         return self.server
 
