@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 from urllib.parse import urlparse
@@ -391,7 +390,7 @@ def assert_guard_names_an_unmanaged_connection_and_its_line(driver: Any,
     """With the guard warning, three connections built here: the child's reset names the
     unmanaged one, at its line (here), and its fix; not the registered one, not the local one."""
     import postfork
-    from postfork.testing import run_in_child
+    from _guard_findings import quietly_in_a_child, reset_report
 
     postfork.guard("warn")
     unmanaged = driver.connect(**kwargs)
@@ -405,17 +404,11 @@ def assert_guard_names_an_unmanaged_connection_and_its_line(driver: Any,
     here = os.path.relpath(__file__)
 
     def in_child() -> List[Any]:
-        try:
-            report = postfork.reset_all()
-        except postfork.ForkSafetyError as exc:
-            report = exc.report
-        return [(f.kind, f.subject, f.created_at, str(f)) for f in report.findings
+        return [(f.kind, f.subject, f.created_at, str(f)) for f in reset_report().findings
                 if f.created_at is not None and f.created_at.startswith(here + ":")]
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            findings = run_in_child(in_child)
+        findings = quietly_in_a_child(in_child)
     finally:
         postfork.unregister(managed)
     name = driver.__name__
