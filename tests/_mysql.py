@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 from urllib.parse import urlparse
 
 
@@ -317,3 +317,104 @@ def sessions_after_a_child_exits_normally(driver: str, kwargs: Dict[str, Any]) -
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- the claims both drivers' tests make ---------------------------------------------------------
+
+# What a retired connection refuses in the child, in both drivers (each test adds its driver's own).
+RETIRED_USES: Dict[str, Callable[[Any], Any]] = {
+    "ping()": lambda c: c.ping(),
+    "cursor()": lambda c: c.cursor(),
+    "query": lambda c: c.query("SELECT 1"),
+    "commit": lambda c: c.commit(),
+    "rollback": lambda c: c.rollback(),
+    "begin": lambda c: c.begin(),
+    "select_db": lambda c: c.select_db("test"),
+    "autocommit": lambda c: c.autocommit(True),
+}
+
+
+def replies_crossed(conn: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Parent and a forked child both ask ``SELECT <own tag>, i`` on ``conn`` for half a second;
+    (the parent's count, the child's)."""
+    from postfork.testing import fork_child
+
+    child = fork_child(crossed_replies, conn, 2, 0.5)
+    mine = crossed_replies(conn, 1, 0.5)
+    return mine, child.result(timeout=30)
+
+
+def assert_children_kept_the_parents_session(driver: Any, kwargs: Dict[str, Any], observer: Any,
+                                             calls: str, retired: str) -> None:
+    """``children_keep_the_parents_session``, and what must hold of it: every child was refused
+    the inherited connection (``retired``, naming ``calls``) and kept a session of its own; the
+    parent's sessions are the same ones afterwards and received nothing from the children."""
+    seen = children_keep_the_parents_session(driver, kwargs, observer)
+    children = seen["children"]
+    assert len(children) == CHILDREN
+    for child in children:
+        assert child["error"] == retired
+        assert calls in child["message"] and "retired" in child["message"]
+        assert child["again"] == child["mine"]  # one session per child, kept
+        assert child["other_number"]  # the retired descriptor number stayed taken
+    own = {child["mine"] for child in children}
+    assert len(own) == CHILDREN  # each child its own session ...
+    assert not own & {seen["parent"], seen["parent_own"]}  # ... none of the parent's
+    assert seen["after"] == seen["parent"] and seen["own_after"] == seen["parent_own"]
+    assert seen["alive"]
+    base, after = seen["questions"]
+    assert after == base  # only the parent's own SHOW reached its session
+
+
+def assert_engine_children_kept_the_parents_session(url: str, driver: str, calls: str,
+                                                    retired: str) -> None:
+    """``engine_children_keep_the_parents_session``, and what must hold of it."""
+    seen = engine_children_keep_the_parents_session(url, driver)
+    children = seen["children"]
+    for child in children:
+        assert child["error"] == retired, child  # the dropped idle connection was retired
+        assert calls in child["message"]
+        assert child["again"] == child["mine"]
+        # and kept referenced by the engine's adapter: no finalizer of it runs in the child
+        # (mysqlclient's deallocator would send COM_QUIT), not even into the dead socket
+        assert not child["collected"]
+    own = {child["mine"] for child in children}
+    assert len(own) == CHILDREN and seen["parent"] not in own
+    assert seen["after"] == seen["parent"]
+    base, after = seen["questions"]
+    assert after == base
+
+
+def assert_guard_names_an_unmanaged_connection_and_its_line(driver: Any,
+                                                            kwargs: Dict[str, Any]) -> None:
+    """With the guard warning, three connections built here: the child's reset names the
+    unmanaged one, at its line (here), and its fix; not the registered one, not the local one."""
+    import postfork
+    from _guard_findings import quietly_in_a_child, reset_report
+
+    postfork.guard("warn")
+    unmanaged = driver.connect(**kwargs)
+    line = sys._getframe().f_lineno - 1
+    managed = postfork.register(driver.connect(**kwargs))
+    managed_line = sys._getframe().f_lineno - 1
+    local = postfork.local(lambda: driver.connect(**kwargs))
+    local_line = sys._getframe().f_lineno - 1
+    for conn in (unmanaged, managed, local):
+        connection_id(conn)
+    here = os.path.relpath(__file__)
+
+    def in_child() -> List[Any]:
+        return [(f.kind, f.subject, f.created_at, str(f)) for f in reset_report().findings
+                if f.created_at is not None and f.created_at.startswith(here + ":")]
+
+    try:
+        findings = quietly_in_a_child(in_child)
+    finally:
+        postfork.unregister(managed)
+    name = driver.__name__
+    assert [(kind, subject, site) for kind, subject, site, _ in findings] == [
+        ("client", f"{name}.Connection", f"{here}:{line}")], findings
+    assert f"{name}.connect(...)" in findings[0][3]  # the fix names what to build per process
+    assert f"{here}:{managed_line}" not in str(findings) and f"{here}:{local_line}" not in str(findings)
+    for conn in (unmanaged, managed, local):
+        conn.close()

@@ -15,17 +15,15 @@ horse saw is its job's return value.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List
 
 import psycopg
 import redis
 
-import postfork
+from _app_clients import manage, record
 from _rq_worker import Worker  # postfork.integrations.rq.Worker, RQ's shutdown made prompt
 
-_MANAGED = os.environ.get("POSTFORK_TEST_UNMANAGED") != "1"
 _PREFIX = os.environ["POSTFORK_TEST_PREFIX"]
 
 
@@ -35,19 +33,7 @@ def _connect() -> Any:
 
 cache = redis.Redis.from_url(os.environ["APP_REDIS_URL"], socket_timeout=2,
                              single_connection_client=True)
-if _MANAGED:
-    postfork.register(cache)
-    db: Any = postfork.local(_connect, name="app-db")
-else:
-    db = _connect()
-
-
-def _record(row: Dict[str, Any]) -> None:
-    fd = os.open(os.environ["POSTFORK_TEST_RECORDS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, (json.dumps(row) + "\n").encode())
-    finally:
-        os.close(fd)
+db: Any = manage(cache, _connect)
 
 
 def _error(exc: BaseException) -> str:
@@ -71,7 +57,7 @@ def use_clients(role: str) -> Dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         row["postgres_error"] = _error(exc)
         db.rollback()
-    _record(row)
+    record(row)
     return row
 
 

@@ -13,7 +13,6 @@ the servers reported, wrong answers, errors).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -22,9 +21,8 @@ from typing import Any, Dict
 import psycopg
 import redis
 
-import postfork
+from _app_clients import manage, record
 
-_MANAGED = os.environ.get("POSTFORK_TEST_UNMANAGED") != "1"
 PREFIX = os.environ["POSTFORK_TEST_PREFIX"]
 QUEUE = os.environ["POSTFORK_TEST_QUEUE"]
 
@@ -35,19 +33,7 @@ def _connect() -> Any:
 
 cache = redis.Redis.from_url(os.environ["APP_REDIS_URL"], socket_timeout=2,
                              single_connection_client=True)
-if _MANAGED:
-    postfork.register(cache)
-    db: Any = postfork.local(_connect, name="app-db")
-else:
-    db = _connect()
-
-
-def _record(row: Dict[str, Any]) -> None:
-    fd = os.open(os.environ["POSTFORK_TEST_RECORDS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, (json.dumps(row) + "\n").encode())
-    finally:
-        os.close(fd)
+db: Any = manage(cache, _connect)
 
 
 def use(role: str, n: int = 0, rounds: int = 1, delay: float = 0.0) -> Dict[str, Any]:
@@ -69,7 +55,7 @@ def use(role: str, n: int = 0, rounds: int = 1, delay: float = 0.0) -> Dict[str,
         row["postgres"] = db.execute("SELECT pg_backend_pid()").fetchone()[0]
     except Exception as exc:  # noqa: BLE001
         row["errors"].append(f"{type(exc).__name__}: {exc}")
-    _record(row)
+    record(row)
     return row
 
 

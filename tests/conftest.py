@@ -13,10 +13,15 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 from urllib.parse import urlparse
 
 import pytest
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from _loop_thread import LoopThread
 
 # A Redis database of the suite's own: other programs on these machines FLUSHDB database 0.
 # Every test, and every server a test starts, derives its URL from this one.
@@ -256,3 +261,41 @@ def restore_guard() -> Iterator[None]:
         yield
     finally:
         _guard._set_mode(previous)
+
+
+@pytest.fixture
+def managed() -> Iterator[Callable[[Any], Any]]:
+    """``managed(obj)`` registers obj for this test only. (A module whose tests take a
+    ``managed`` parameter or fixture of their own means that one.)"""
+    import postfork
+
+    objs: List[Any] = []
+
+    def register(obj: Any) -> Any:
+        objs.append(postfork.register(obj))
+        return obj
+
+    yield register
+    for obj in objs:
+        postfork.unregister(obj)
+
+
+@pytest.fixture
+def master_loop() -> Iterator[LoopThread]:
+    """The master's event loop, running in a thread of its own (as an app that serves sync
+    code does); stopped and closed after the test."""
+    from _loop_thread import LoopThread
+
+    loop = LoopThread("master-loop")
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The parent's event loop, open across the forks (as in a master that used it)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()

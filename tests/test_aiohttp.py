@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from pathlib import Path
 from typing import Any, Coroutine, Dict, Iterator, List, Set, Tuple
 
@@ -24,27 +23,13 @@ import pytest
 
 import postfork
 from _http_peer import PausedChild, Peer, eventually, guard_findings, in_children, sockets_to
+from _loop_thread import LoopThread, in_own_loop
 from postfork.testing import run_in_child
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
-
-
-class LoopThread:
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 20) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 class AioServer:
@@ -83,13 +68,6 @@ def server() -> Iterator[AioServer]:
     s.stop()
 
 
-@pytest.fixture
-def master_loop() -> Iterator[LoopThread]:
-    loop = LoopThread("master-loop")
-    yield loop
-    loop.stop()
-
-
 async def _session(timeout: float = 5) -> Any:
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
@@ -98,10 +76,6 @@ async def aget(session: Any, url: str) -> Dict[str, Any]:
     async with session.get(url) as response:
         response.raise_for_status()
         return await response.json()  # type: ignore[no-any-return]
-
-
-def in_own_loop(coro: Coroutine[Any, Any, Any], timeout: float = 10) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def _error_of(coro: Coroutine[Any, Any, Any]) -> str:

@@ -11,66 +11,30 @@ through both, so a crossed reply is a wrong answer.
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
-import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
-from urllib.parse import urlparse, urlunparse
+from typing import List
 
 import pytest
 
+from _asgi import WORKERS, fetch_200, line_of, redis_lists, uvicorn_gunicorn
 from _http_peer import Peer
-from _servers import BIN, Server, free_port, identities, wrong_answers
+from _servers import Server, identities, wrong_answers, with_db
 
 pytest.importorskip("uvicorn_worker")
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
-redis = pytest.importorskip("redis")
+pytest.importorskip("redis")
 
-TESTS = Path(__file__).resolve().parent
 DB = 13  # a Redis database of this test's own: nothing another test flushes
-WORKERS = 4
 
 
 def _gunicorn(servers: List[Server], tmp_path: Path, redis_url: str, peer: Peer, *,
               unmanaged: bool) -> Server:
-    port = free_port()
-    argv = [str(BIN / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "--preload",
-            "-w", str(WORKERS), "-c", "python:postfork.integrations.gunicorn",
-            "-b", f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "5",
-            "_asgi_httpx_app:app"]
-    env = {"APP_REDIS_URL": urlunparse(urlparse(redis_url)._replace(path=f"/{DB}")),
-           "APP_PEER_URL": peer.url, "PYTHONPATH": str(TESTS),
-           "POSTFORK_TEST_PREFIX": f"postfork-test:{uuid.uuid4().hex[:12]}",
-           "POSTFORK_TEST_UNMANAGED": "1" if unmanaged else "0"}
-    server = Server(argv, tmp_path / f"gunicorn-{port}.log", env=env, port=port, cwd=TESTS)
-    servers.append(server)
-    server.wait_http(timeout=30)
-    return server
-
-
-def _fetch(server: Server, path: str) -> Tuple[int, Dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
-
-
-def _listed(redis_url: str, client_id: int) -> bool:
-    with redis.Redis.from_url(redis_url) as r:
-        return any(int(c["id"]) == client_id for c in r.client_list())
-
-
-def _line(text: str) -> int:
-    return next(i for i, line in enumerate((TESTS / "_asgi_httpx_app.py").read_text().splitlines(), 1)
-                if line.startswith(text))
+    return uvicorn_gunicorn(servers, tmp_path, "_asgi_httpx_app:app",
+                            {"APP_REDIS_URL": with_db(redis_url, DB), "APP_PEER_URL": peer.url},
+                            unmanaged=unmanaged, timeout=30)
 
 
 def test_unmanaged_clients_fail_on_the_workers_loop(servers, tmp_path, redis_url) -> None:
@@ -80,9 +44,7 @@ def test_unmanaged_clients_fail_on_the_workers_loop(servers, tmp_path, redis_url
     with Peer() as peer:
         server = _gunicorn(servers, tmp_path, redis_url, peer, unmanaged=True)
         master = server.get("/master")
-        with ThreadPoolExecutor(6) as pool:
-            replies = list(pool.map(lambda n: _fetch(server, f"/?n={n}"), range(200)))
-        failed = [body for status, body in replies if status != 200]
+        _, failed = fetch_200(server)
         assert failed, server.describe()
         assert all("Event loop is closed" in f["error"] or "different" in f["error"]
                    for f in failed), failed
@@ -90,8 +52,9 @@ def test_unmanaged_clients_fail_on_the_workers_loop(servers, tmp_path, redis_url
         assert len(peer.connection(master["http"]).requests) > 1
         for client, text in (("httpx", "http = httpx.AsyncClient("),
                              ("redis", "cache = redis.asyncio.Redis.from_url(")):
+            line = line_of("_asgi_httpx_app.py", text)
             assert re.search(rf"\[WARNING\] postfork guard: {client}\S* built at "
-                             rf"_asgi_httpx_app\.py:{_line(text)} in pid {master['pid']} "
+                             rf"_asgi_httpx_app\.py:{line} in pid {master['pid']} "
                              rf"\(the master\)", server.log), server.describe()
         print(f"ASGI + httpx, unmanaged: {len(failed)} of 200 requests failed "
               f"({Counter(f['error'] for f in failed)})")
@@ -123,5 +86,5 @@ def test_four_workers_1000_requests_each_on_their_own_loop_and_connections(
         parent = peer.connection(master["http"])
         assert parent.requests == ["/startup"] and not parent.closed_by_client
         assert parent.error is None
-        assert _listed(redis_url, master["redis"])
+        assert redis_lists(redis_url, master["redis"])
         print(f"ASGI + httpx: 1000 requests over {dict(workers)}, 0 errors, 0 wrong answers")

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 import postfork
-from postfork import _guard
+from _guard_findings import findings_in_a_child
 from postfork.testing import ChildError, fork_child, run_in_child
 
 pymongo = pytest.importorskip("pymongo")
@@ -34,14 +34,6 @@ from test_pymongo import Seen, mongo, quiet  # noqa: E402,F401 - MockupDB record
 FORK_WARNING = "opened before fork"
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The parent's event loop, open across the forks."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
@@ -246,14 +238,6 @@ def test_motor_hazard_then_registered(mongo: Tuple[Any, Seen], loop: asyncio.Abs
 # -- 4. the guard ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    yield
-    _guard._set_mode(previous)
-
-
 def test_guard_names_an_unmanaged_async_client_and_its_line(
         mongo: Tuple[Any, Seen], loop: asyncio.AbstractEventLoop, restore_guard: None) -> None:
     server, _ = mongo
@@ -265,18 +249,9 @@ def test_guard_names_an_unmanaged_async_client_and_its_line(
     ping_here(loop, unmanaged, "u")
     ping_here(loop, managed, "m")
 
-    def findings() -> List[Tuple[str, str, Any]]:
-        try:
-            report = postfork.reset_all()
-        except postfork.ForkSafetyError as exc:
-            report = exc.report
-        return [(f.kind, f.subject, f.created_at) for f in report.findings]
-
     here = os.path.relpath(__file__)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = run_in_child(findings)
+        found = findings_in_a_child()
     finally:
         loop.run_until_complete(unmanaged.close())
         loop.run_until_complete(managed.close())

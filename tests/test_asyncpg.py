@@ -18,12 +18,12 @@ import sys
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Iterator, List, Set, Tuple
+from typing import Any, Callable, Iterator, Set, Tuple
 
 import pytest
 
 import postfork
-from postfork import _guard
+from _guard_findings import findings_in_a_child
 from postfork.testing import fork_child, run_in_child
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -31,14 +31,6 @@ psycopg = pytest.importorskip("psycopg")
 
 
 # -- fixtures and the server's view ---------------------------------------------------------
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The parent's event loop, open across the forks (as in a master that used it)."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
@@ -405,14 +397,6 @@ def test_registered_asyncpg_engine_retires_the_dropped_connections(
 # -- 5. the guard ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    yield
-    _guard._set_mode(previous)
-
-
 def _line() -> int:
     return sys._getframe(1).f_lineno
 
@@ -445,18 +429,9 @@ def test_guard_names_unmanaged_connections_and_pools_by_line(
     loop.run_until_complete(use_engine())
     engine_conn = engine.sync_engine.pool._pool._queue._queue[0].driver_connection
 
-    def findings() -> List[Tuple[str, str, Any]]:
-        try:
-            report = postfork.reset_all()
-        except postfork.ForkSafetyError as exc:
-            report = exc.report
-        return [(f.kind, f.subject, f.created_at) for f in report.findings]
-
     here = os.path.relpath(__file__)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = run_in_child(findings)
+        found = findings_in_a_child()
         clients = sorted((s, site) for k, s, site in found if k == "client")
         assert clients == [("asyncpg.Connection", f"{here}:{conn_line}")] + [
             ("asyncpg.Connection", f"{here}:{pool_line}")] * 2, found

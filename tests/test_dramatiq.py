@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import re
 import sys
-import time
-import uuid
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from _servers import BIN, Server, records, wait_for_records, with_db
+from _servers import BIN, Server, records, wait_for_records
+from _worker_records import (TaskRun, assert_two_processes_each_their_own, by_process,
+                             shared_connections)
 
 dramatiq = pytest.importorskip("dramatiq")
 pytest.importorskip("psycopg")
@@ -34,28 +33,20 @@ SUMMARY = re.compile(r"\[postfork\.integrations\.dramatiq\.Postfork\] \[INFO\] p
 CLOSED = re.compile(r"postfork: closed 2 clients in [\d.]+ ms \(pid (\d+)\), 0 failed")
 
 
-class Dramatiq:
+class Dramatiq(TaskRun):
     """Start Dramatiq on a queue and namespace of its own, send messages, read the records."""
 
     def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
         from dramatiq.brokers.redis import RedisBroker
 
-        self.tmp_path = tmp_path
-        self.url = with_db(redis_url, DB)
-        self.postgres_dsn = postgres_dsn
-        self.name = f"postfork-test-{uuid.uuid4().hex[:12]}"
-        self.records = tmp_path / f"{self.name}.jsonl"
+        super().__init__(tmp_path, redis_url, postgres_dsn, DB)
         self.broker = RedisBroker(url=self.url, namespace=self.name)
-        self.server: Optional[Server] = None
 
     def start(self, argv: List[str], *, processes: int = 2, unmanaged: bool = False,
               env: Optional[Dict[str, str]] = None, wait: bool = True) -> Server:
-        env = {"APP_REDIS_URL": self.url, "POSTGRES_DSN": self.postgres_dsn,
-               "POSTFORK_TEST_PREFIX": self.name, "POSTFORK_TEST_QUEUE": self.name,
-               "POSTFORK_TEST_RECORDS": str(self.records), "PYTHONPATH": str(TESTS),
-               "POSTFORK_TEST_UNMANAGED": "1" if unmanaged else "0", **(env or {})}
         self.server = Server([*argv, "_dramatiq_app", "-p", str(processes), "-t", "4"],
-                             self.tmp_path / f"{self.name}.log", env=env, cwd=TESTS)
+                             self.tmp_path / f"{self.name}.log", cwd=TESTS,
+                             env=self.app_env(unmanaged=unmanaged, env=env))
         if wait:
             self.server.wait_for(lambda: self.server is not None and self.server.log.count(READY) == processes,
                                  30, f"{processes} worker processes to be ready")
@@ -86,34 +77,12 @@ PRELOAD = [sys.executable, str(TESTS / "_dramatiq_preload.py")]
 COMMAND = [str(BIN / "dramatiq")]
 
 
-def _by_process(rows: List[Dict[str, Any]]) -> Dict[int, Set[Tuple[Any, Any]]]:
-    seen: Dict[int, Set[Tuple[Any, Any]]] = defaultdict(set)
-    for r in rows:
-        seen[r["pid"]].add((r.get("redis"), r.get("postgres")))
-    return dict(seen)
-
-
 def test_unmanaged_processes_share_the_launchers_connections(dq: Dramatiq) -> None:
     """The hazard: 8 threads in 2 processes on the one redis connection and the one PostgreSQL
     session the launching process opened."""
     server = dq.start(PRELOAD, unmanaged=True)
     dq.send(40, rounds=200, delay=0)
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and len([r for r in records(dq.records) if r["role"] == "message"]) < 40:
-        time.sleep(0.2)
-    rows = records(dq.records)
-    (launcher,) = [r for r in rows if r["role"] == "import"]
-    done = [r for r in rows if r["role"] == "message"]
-    wrong = sum(r["wrong"] for r in done)
-    errors = sum(len(r["errors"]) for r in done)
-    lost = 40 - len(done)  # stuck on replies another process read
-    assert wrong + errors + lost > 0, server.describe()
-    # the launcher's connections answered in the worker processes (crossed replies may add
-    # garbage to these sets, and a process can be stuck before recording anything)
-    if done:  # (all of them can be stuck)
-        assert launcher["redis"] in {r.get("redis") for r in done}
-        assert launcher["postgres"] in {r.get("postgres") for r in done}
-        assert launcher["pid"] not in {r["pid"] for r in done}
+    launcher, done, wrong, errors, lost = shared_connections(server, dq.records, 40)
     log = server.log
     assert re.search(r"postfork guard: redis\.Redis built at \S*_threaded_app\.py:\d+ in pid "
                      rf"{launcher['pid']} \(the master\)", log), server.describe()
@@ -130,15 +99,9 @@ def test_preloaded_app_two_processes_four_threads_each_their_own(dq: Dramatiq) -
     done = wait_for_records(server, dq.records, "message", 40)
     (launcher,) = [r for r in records(dq.records) if r["role"] == "import"]
 
-    assert all(r["wrong"] == 0 and r["errors"] == [] for r in done), done
-    seen = _by_process(done)
-    assert len(seen) == 2 and launcher["pid"] not in seen, seen
+    seen = assert_two_processes_each_their_own(done, launcher)
     threads = {pid: {r["thread"] for r in done if r["pid"] == pid} for pid in seen}
     assert all(len(t) == 4 for t in threads.values()), threads
-    ids = [pair for pairs in seen.values() for pair in pairs]
-    assert all(len(pairs) == 1 for pairs in seen.values()), seen  # one of each per process
-    assert len({i[0] for i in ids}) == 2 and launcher["redis"] not in {i[0] for i in ids}
-    assert len({i[1] for i in ids}) == 2 and launcher["postgres"] not in {i[1] for i in ids}
     log = server.log
     assert sorted(int(pid) for n, pid in SUMMARY.findall(log) if n == "2") == sorted(seen), \
         server.describe()
@@ -156,7 +119,7 @@ def test_dramatiq_command_builds_the_app_in_each_process(dq: Dramatiq) -> None:
     done = wait_for_records(server, dq.records, "message", 40)
     imports = {r["pid"]: (r["redis"], r["postgres"]) for r in records(dq.records)
                if r["role"] == "import"}
-    seen = _by_process(done)
+    seen = by_process(done)
     assert set(seen) == set(imports) and len(seen) == 2, (seen, imports)
     assert all(seen[pid] == {imports[pid]} for pid in seen)  # the connections built at import
     log = server.log

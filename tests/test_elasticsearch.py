@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -28,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import postfork
+from _guard_script import client_findings
 from _http_peer import Peer, Request
 from _locks import held_by_a_parent_thread
 from postfork.testing import fork_child, run_in_child
@@ -189,7 +187,7 @@ def test_reset_sends_nothing_until_the_first_request() -> None:
 # -- the guard -------------------------------------------------------------------------------
 
 def test_guard_names_an_unmanaged_client_with_its_line(tmp_path: Path) -> None:
-    code = textwrap.dedent("""
+    code = """
         import os, postfork
         from elasticsearch import Elasticsearch
         postfork.guard("warn")
@@ -197,16 +195,7 @@ def test_guard_names_an_unmanaged_client_with_its_line(tmp_path: Path) -> None:
         copy = es.options(request_timeout=3)
         managed = postfork.register(Elasticsearch("http://127.0.0.1:9"))
         managed_copy = managed.options(request_timeout=3)
-        pid = os.fork()
-        if pid == 0:
-            findings = postfork.check()
-            print([(f.kind, f.subject, f.created_at) for f in findings if f.kind == "client"])
-            os._exit(0)
-        os.waitpid(pid, 0)
-    """)
-    script = tmp_path / "app.py"
-    script.write_text(code)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    """
+    done = client_findings(tmp_path, code)
     # one finding: the unmanaged client (its options() copy is part of it), none for the managed
     assert done.stdout.strip() == str([("client", "elasticsearch.Elasticsearch", "app.py:5")]), done.stderr

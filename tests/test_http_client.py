@@ -12,15 +12,13 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
 import postfork
+from _guard_script import client_findings
 from _http_peer import PausedChild, Peer, sockets_to
 from postfork.testing import fork_child, run_in_child
 
@@ -96,19 +94,10 @@ def test_reset_sends_nothing_until_the_first_request() -> None:
 
 
 def test_guard_names_an_unmanaged_connection_with_its_line(tmp_path: Path) -> None:
-    code = textwrap.dedent("""
+    code = """
         import http.client, os, postfork
         postfork.guard("warn")
         conn = http.client.HTTPConnection("127.0.0.1", 9)  # unmanaged
-        pid = os.fork()
-        if pid == 0:
-            findings = postfork.check()
-            print([(f.kind, f.subject, f.created_at) for f in findings if f.kind == "client"])
-            os._exit(0)
-        os.waitpid(pid, 0)
-    """)
-    script = tmp_path / "app.py"
-    script.write_text(code)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    """
+    done = client_findings(tmp_path, code)
     assert done.stdout.strip() == str([("client", "http.HTTPConnection", "app.py:4")]), done.stderr

@@ -15,45 +15,21 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import threading
 import time
 from pathlib import Path
-from typing import Any, Coroutine, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 import postfork
 from _http_peer import (PausedChild, Peer, connections_per_child, eventually, guard_findings,
                         in_children, sockets_to)
+from _loop_thread import LoopThread, in_own_loop
 from postfork.testing import run_in_child
 
 httpx = pytest.importorskip("httpx")
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
-
-
-class LoopThread:
-    """The master's event loop, running in a thread (as an app that serves sync code does)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="master-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 20) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def master_loop() -> Iterator[LoopThread]:
-    loop = LoopThread()
-    yield loop
-    loop.stop()
 
 
 def _client(peer: Peer, asynchronous: bool = False) -> Any:
@@ -72,11 +48,6 @@ async def aget(client: Any, url: str) -> Dict[str, Any]:
     response = await client.get(url)
     response.raise_for_status()
     return response.json()  # type: ignore[no-any-return]
-
-
-def in_own_loop(coro: Coroutine[Any, Any, Any], timeout: float = 10) -> Any:
-    """What a worker does: its own event loop, made after the fork."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 # -- the hazard, unmanaged ---------------------------------------------------------------------

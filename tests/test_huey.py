@@ -10,15 +10,15 @@ from __future__ import annotations
 import re
 import signal
 import sys
-import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from _servers import BIN, Server, records, wait_for_records, with_db
+from _servers import BIN, Server, records, wait_for_records
+from _worker_records import (TaskRun, assert_two_processes_each_their_own, by_process,
+                             shared_connections)
 
 huey = pytest.importorskip("huey")
 pytest.importorskip("psycopg")
@@ -31,26 +31,18 @@ CLOSED = re.compile(r"postfork: closed 2 clients in [\d.]+ ms \(pid (\d+)\), 0 f
 STARTED = re.compile(r"Huey consumer started with")
 
 
-class Consumer:
+class Consumer(TaskRun):
     def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
         from huey import RedisHuey
 
-        self.tmp_path = tmp_path
-        self.url = with_db(redis_url, DB)
-        self.postgres_dsn = postgres_dsn
-        self.name = f"postfork-test-{uuid.uuid4().hex[:12]}"
-        self.records = tmp_path / f"{self.name}.jsonl"
+        super().__init__(tmp_path, redis_url, postgres_dsn, DB)
         self.huey = RedisHuey(self.name, url=self.url)  # to enqueue; the app is not imported here
-        self.server: Optional[Server] = None
 
     def start(self, *args: str, unmanaged: bool = False, env: Optional[Dict[str, str]] = None,
               argv: Optional[List[str]] = None) -> Server:
-        env = {"APP_REDIS_URL": self.url, "POSTGRES_DSN": self.postgres_dsn,
-               "POSTFORK_TEST_PREFIX": self.name, "POSTFORK_TEST_QUEUE": self.name,
-               "POSTFORK_TEST_RECORDS": str(self.records), "PYTHONPATH": str(TESTS),
-               "POSTFORK_TEST_UNMANAGED": "1" if unmanaged else "0", **(env or {})}
         self.server = Server([*(argv or [str(BIN / "huey_consumer")]), "_huey_app.huey", *args],
-                             self.tmp_path / f"{self.name}.log", env=env, cwd=TESTS,
+                             self.tmp_path / f"{self.name}.log", cwd=TESTS,
+                             env=self.app_env(unmanaged=unmanaged, env=env),
                              stop_signal=signal.SIGINT)  # Huey's graceful shutdown
         return self.server
 
@@ -83,35 +75,13 @@ def consumer(tmp_path: Path, redis_url: str, postgres_dsn: str) -> Iterator[Cons
     run.close()
 
 
-def _by_process(rows: List[Dict[str, Any]]) -> Dict[int, Set[Tuple[Any, Any]]]:
-    seen: Dict[int, Set[Tuple[Any, Any]]] = defaultdict(set)
-    for r in rows:
-        seen[r["pid"]].add((r.get("redis"), r.get("postgres")))
-    return dict(seen)
-
-
 def test_unmanaged_workers_share_the_consumers_connections(consumer: Consumer) -> None:
     """The hazard: both worker processes on the one redis connection and the one PostgreSQL
     session the consumer's main process opened at import."""
     server = consumer.start("-k", "process", "-w", "2", unmanaged=True)
     consumer.wait_started(2)
     consumer.send(20, rounds=200, delay=0)
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and len([r for r in records(consumer.records)
-                                               if r["role"] == "message"]) < 20:
-        time.sleep(0.2)
-    rows = records(consumer.records)
-    (main,) = [r for r in rows if r["role"] == "import"]
-    done = [r for r in rows if r["role"] == "message"]
-    wrong = sum(r["wrong"] for r in done)
-    errors = sum(len(r["errors"]) for r in done)
-    lost = 20 - len(done)
-    assert wrong + errors + lost > 0, server.describe()
-    # the main process's connections answered in the workers (crossed replies may add garbage)
-    if done:  # (all of them can be stuck)
-        assert main["redis"] in {r.get("redis") for r in done}
-        assert main["postgres"] in {r.get("postgres") for r in done}
-        assert main["pid"] not in {r["pid"] for r in done}
+    main, done, wrong, errors, lost = shared_connections(server, consumer.records, 20)
     assert re.search(r"postfork guard: redis\.Redis built at \S*_threaded_app\.py:\d+ in pid "
                      rf"{main['pid']} \(the master\)", server.log), server.describe()
     print(f"Huey, unmanaged: {wrong} wrong answers of {len(done) * 200} GETs, {errors} errors, "
@@ -125,13 +95,7 @@ def test_each_worker_process_has_its_own_connections(consumer: Consumer) -> None
     done = wait_for_records(server, consumer.records, "message", 20)
     (main,) = [r for r in records(consumer.records) if r["role"] == "import"]
 
-    assert all(r["wrong"] == 0 and r["errors"] == [] for r in done), done
-    seen = _by_process(done)
-    assert len(seen) == 2 and main["pid"] not in seen, seen
-    assert all(len(pairs) == 1 for pairs in seen.values()), seen
-    ids = [pair for pairs in seen.values() for pair in pairs]
-    assert len({i[0] for i in ids}) == 2 and main["redis"] not in {i[0] for i in ids}
-    assert len({i[1] for i in ids}) == 2 and main["postgres"] not in {i[1] for i in ids}
+    seen = assert_two_processes_each_their_own(done, main)
     log = server.log
     summaries = {int(pid): int(n) for logged_by, n, pid in SUMMARY.findall(log) if logged_by == pid}
     assert summaries == {pid: 2 for pid in seen}, server.describe()
@@ -149,7 +113,7 @@ def test_thread_workers_reset_nothing(consumer: Consumer) -> None:
     consumer.send(6)
     done = wait_for_records(server, consumer.records, "message", 6)
     (main,) = [r for r in records(consumer.records) if r["role"] == "import"]
-    assert _by_process(done) == {main["pid"]: {(main["redis"], main["postgres"])}}
+    assert by_process(done) == {main["pid"]: {(main["redis"], main["postgres"])}}
     assert all(r["wrong"] == 0 and r["errors"] == [] for r in done)
     log = server.log
     assert log.count(f"postfork: pid {main['pid']} was not forked") == 2 and not SUMMARY.search(log)

@@ -17,12 +17,12 @@ import textwrap
 import time
 import uuid
 import warnings
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import pytest
 
 import postfork
-from postfork import _guard
+from _guard_findings import findings_in_a_child
 from postfork.testing import ChildError, run_in_child
 
 ck = pytest.importorskip("confluent_kafka")
@@ -290,21 +290,6 @@ def test_hazard_unmanaged_child_shares_the_parents_connections(kafka_broker: Bro
 # -- 3. the guard ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    yield
-    _guard._set_mode(previous)
-
-
-def _findings() -> List[Tuple[str, str, Any]]:
-    try:
-        report = postfork.reset_all()
-    except postfork.ForkSafetyError as exc:
-        report = exc.report
-    return [(f.kind, f.subject, f.created_at) for f in report.findings]
-
-
 def test_guard_names_an_unmanaged_serializing_producer_by_its_line(
         kafka_broker: Broker, topic: str, restore_guard: None) -> None:
     postfork.guard("warn")
@@ -315,9 +300,7 @@ def test_guard_names_an_unmanaged_serializing_producer_by_its_line(
     deliver(unmanaged, topic, "x")
     deliver(managed, topic, "y")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = run_in_child(_findings)
+        found = findings_in_a_child()
     finally:
         postfork.unregister(managed)
         unmanaged.close()
@@ -348,9 +331,7 @@ def test_guard_names_a_plain_handle_by_its_line(kafka_broker: Broker, topic: str
     if registered:
         postfork.register(handle)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = run_in_child(_findings)
+        found = findings_in_a_child()
     finally:
         postfork.unregister(handle)
         handle.close()

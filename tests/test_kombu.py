@@ -21,14 +21,14 @@ import sys
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 import postfork
 from _alarm import StillWaiting, alarm
 from _locks import held_by_a_parent_thread
-from postfork import _guard
+from _polling import wait_until
 from postfork.testing import fork_child, run_in_child
 
 kombu = pytest.importorskip("kombu")
@@ -57,15 +57,6 @@ def redis_ports(conn: Any) -> List[int]:
         if pool is not None:
             conns += list(pool._available_connections) + list(pool._in_use_connections)
     return sorted({c._sock.getsockname()[1] for c in conns if c is not None and c._sock is not None})
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def a_queue(prefix: str = "postfork-test") -> Any:
@@ -110,7 +101,7 @@ def test_unmanaged_child_ends_the_masters_connection(amqp_url: str, broker_conne
     try:
         assert port in broker_connections()
         run_in_child(getattr(conn, how))
-        assert wait_until(lambda: port not in broker_connections(), 15), "the broker kept it"
+        assert wait_until(lambda: port not in broker_connections(), 15, interval=0.1), "the broker kept it"
         with pytest.raises(conn.connection_errors):
             conn.default_channel.queue_declare(f"postfork-test-{uuid.uuid4().hex}", auto_delete=True)
     finally:
@@ -142,7 +133,8 @@ def test_kombu_pools_own_after_fork_cleanup_ends_the_masters_pooled_connection(
             process.start()
             process.join(30)
             assert process.exitcode == 0
-            wait_until(lambda: port not in broker_connections(), 2 if managed else 15)
+            wait_until(lambda: port not in broker_connections(), 2 if managed else 15,
+                       interval=0.1)
             results[managed] = port in broker_connections()
         finally:
             postfork.unregister(pool)
@@ -364,16 +356,6 @@ def test_pool_lock_held_by_a_parent_thread_at_fork(amqp_url: str) -> None:
 
 
 # -- the guard -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
 
 
 def _child_findings() -> List[Tuple[str, str, str]]:

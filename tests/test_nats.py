@@ -14,23 +14,23 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 import postfork
+from _loop_thread import LoopThread
+from _polling import wait_until
 from _servers import Server, free_port
 from postfork.testing import fork_child, run_in_child
 
 nats = pytest.importorskip("nats")
 
-T = TypeVar("T")
 HERE = os.path.relpath(__file__)
 N = 200  # messages published while children reset, connect, publish and exit
 
@@ -71,29 +71,6 @@ def natsd(nats_url: str, tmp_path: Path, servers: List[Any]) -> NatsServer:
     return ns
 
 
-class LoopThread:
-    """The master's event loop, running in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="master-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def master_loop() -> Iterator[LoopThread]:
-    loop = LoopThread()
-    yield loop
-    loop.stop()
-
-
 class Master:
     """The master's client, connected in the master's loop, with a counting subscription."""
 
@@ -124,15 +101,6 @@ class Master:
 @pytest.fixture
 def subject() -> str:
     return f"postfork.test.{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 def publish_from(loop: LoopThread, url: str, subject: str, count: int, gap: float = 0.0) -> Any:

@@ -15,13 +15,14 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
 
 import pytest
 
 import postfork
 from _locks import held_by_a_parent_thread
+from _polling import wait_until
 from postfork.testing import ChildError, fork_child, run_in_child
 
 mqtt = pytest.importorskip("paho.mqtt.client")
@@ -31,15 +32,6 @@ HERE = os.path.relpath(__file__)
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
-
 
 class BrokerLog:
     """Mosquitto's log file, from where it ended when the test began."""

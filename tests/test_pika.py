@@ -11,7 +11,6 @@ its own (``postfork.local``). Connections are told apart from the broker's side:
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 import postfork
 from _alarm import StillWaiting, alarm
 from _locks import held_by_a_parent_thread
-from postfork import _guard
+from _polling import wait_until
 from postfork.testing import fork_child, run_in_child
 
 pika = pytest.importorskip("pika")
@@ -48,15 +47,6 @@ def params(amqp_url: str) -> Any:
 def local_port(conn: Any) -> int:
     """The client's port: the broker lists the connection by it (``peer_port``)."""
     return int(conn._impl._transport._sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def drain(conn: Any, until: Callable[[], bool], timeout: float) -> None:
@@ -111,7 +101,7 @@ def test_unmanaged_child_close_drops_the_masters_connection(amqp_url: str,
     port = local_port(conn)
     assert port in broker_connections()
     run_in_child(conn.close)
-    assert wait_until(lambda: port not in broker_connections(), 15), "the broker kept it"
+    assert wait_until(lambda: port not in broker_connections(), 15, interval=0.1), "the broker kept it"
     with pytest.raises((pika.exceptions.AMQPError, OSError)):
         channel.basic_publish("", "postfork-test-nowhere", b"x")
         conn.process_data_events(0.5)
@@ -251,16 +241,6 @@ def test_local_gives_each_process_its_own_connection(amqp_url: str,
 
 
 # -- the guard -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    gc.collect()
-    try:
-        yield
-    finally:
-        _guard._set_mode(previous)
 
 
 def test_guard_names_an_unmanaged_connection_and_reports_the_retired_one(

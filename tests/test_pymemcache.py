@@ -11,14 +11,14 @@ import collections
 import os
 import select
 import uuid
-import warnings
-from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 
 import postfork
+from _gate import Gate
+from _guard_findings import findings_in_a_child
 from _locks import held_by_a_parent_thread
-from postfork import _guard
 from postfork.testing import ChildError, fork_child, run_in_child
 
 pymemcache = pytest.importorskip("pymemcache")
@@ -35,19 +35,6 @@ BASE = 1_000_000  # process i's counter lives in [i * BASE, (i + 1) * BASE)
 @pytest.fixture
 def tag() -> str:
     return f"postfork-test:{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def managed() -> Iterator[Callable[[Any], Any]]:
-    objs: List[Any] = []
-
-    def register(obj: Any) -> Any:
-        objs.append(postfork.register(obj))
-        return obj
-
-    yield register
-    for obj in objs:
-        postfork.unregister(obj)
 
 
 def server_ports(server: Server) -> Set[int]:
@@ -77,24 +64,6 @@ def port_of(client: Any) -> int:
     if isinstance(client, PooledClient):
         client = (client.client_pool.free + client.client_pool.used)[0]
     return int(client.sock.getsockname()[1])
-
-
-class Gate:
-    """A pipe that forked processes wait on until the parent opens it."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-
-    def wait(self) -> None:
-        assert select.select([self.r], [], [], 30)[0], "gate never opened"
-        os.read(self.r, 1)
-
-    def open(self, n: int) -> None:
-        os.write(self.w, b"x" * n)
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
 
 
 # -- 1. one Client shared by parent and children -------------------------------------------
@@ -271,13 +240,6 @@ def test_pool_lock_held_by_a_parent_thread_at_fork(memcached_server: Server, tag
 # -- 3. the guard ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_guard() -> Iterator[None]:
-    previous = _guard._mode
-    yield
-    _guard._set_mode(previous)
-
-
 def test_guard_names_an_unmanaged_client_and_its_line(memcached_server: Server,
                                                       restore_guard: None) -> None:
     postfork.guard("warn")
@@ -286,17 +248,8 @@ def test_guard_names_an_unmanaged_client_and_its_line(memcached_server: Server,
     unmanaged.version()
     managed_client.version()
 
-    def findings() -> List[Tuple[str, str, Any]]:
-        try:
-            report = postfork.reset_all()
-        except postfork.ForkSafetyError as exc:
-            report = exc.report
-        return [(f.kind, f.subject, f.created_at) for f in report.findings]
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = run_in_child(findings)
+        found = findings_in_a_child()
     finally:
         postfork.unregister(managed_client)
         unmanaged.close()

@@ -12,17 +12,15 @@ shows that not one statement from 20 children reached it.
 from __future__ import annotations
 
 import gc
-import os
-import sys
-import warnings
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
 
 import postfork
-from _mysql import (CHILDREN, children_keep_the_parents_session, connect_kwargs, connection_id,
-                    crossed_replies, engine_children_keep_the_parents_session,
-                    in_a_query_at_fork, retired_use, sessions,
+from _mysql import (RETIRED_USES, assert_children_kept_the_parents_session,
+                    assert_engine_children_kept_the_parents_session,
+                    assert_guard_names_an_unmanaged_connection_and_its_line, connect_kwargs,
+                    connection_id, in_a_query_at_fork, replies_crossed, retired_use, sessions,
                     sessions_after_a_child_exits_normally, unmanaged_engine_child)
 from postfork.testing import ChildError, fork_child, run_in_child
 
@@ -64,9 +62,7 @@ def test_unmanaged_connection_used_by_parent_and_child_crosses_replies(
     in the wrong process, silently (measured: most answers were the other process's)."""
     conn = pymysql.connect(**kwargs)
     try:
-        child = fork_child(crossed_replies, conn, 2, 0.5)
-        mine = crossed_replies(conn, 1, 0.5)
-        theirs = child.result(timeout=30)
+        mine, theirs = replies_crossed(conn)
     finally:
         conn._force_close()  # its state is garbage: no COM_QUIT
     assert mine["wrong"] + theirs["wrong"] > 0, (mine, theirs)
@@ -83,21 +79,7 @@ def test_unmanaged_engine_disposed_in_a_child_ends_the_parents_session(mysql_url
 
 def test_registered_connection_is_retired_and_the_parents_session_survives_20_children(
         kwargs: Dict[str, Any], observer: Any) -> None:
-    seen = children_keep_the_parents_session(pymysql, kwargs, observer)
-    children = seen["children"]
-    assert len(children) == CHILDREN
-    for child in children:
-        assert child["error"] == RETIRED
-        assert CALLS in child["message"] and "retired" in child["message"]
-        assert child["again"] == child["mine"]  # one session per child, kept
-        assert child["other_number"]  # the retired descriptor number stayed taken
-    own = {child["mine"] for child in children}
-    assert len(own) == CHILDREN  # each child its own session ...
-    assert not own & {seen["parent"], seen["parent_own"]}  # ... none of the parent's
-    assert seen["after"] == seen["parent"] and seen["own_after"] == seen["parent_own"]
-    assert seen["alive"]
-    base, after = seen["questions"]
-    assert after == base  # only the parent's own SHOW reached its session
+    assert_children_kept_the_parents_session(pymysql, kwargs, observer, CALLS, RETIRED)
 
 
 def test_retired_connection_refuses_every_way_back(kwargs: Dict[str, Any],
@@ -108,16 +90,9 @@ def test_retired_connection_refuses_every_way_back(kwargs: Dict[str, Any],
     conn = postfork.register(pymysql.connect(**kwargs))
     parent = connection_id(conn)
     uses = {
+        **RETIRED_USES,
         "ping(reconnect=True)": lambda c: c.ping(reconnect=True),
-        "ping()": lambda c: c.ping(),
         "connect()": lambda c: c.connect(),
-        "cursor()": lambda c: c.cursor(),
-        "query": lambda c: c.query("SELECT 1"),
-        "commit": lambda c: c.commit(),
-        "rollback": lambda c: c.rollback(),
-        "begin": lambda c: c.begin(),
-        "select_db": lambda c: c.select_db("test"),
-        "autocommit": lambda c: c.autocommit(True),
     }
     cursor = conn.cursor()  # a cursor the parent made before the fork
 
@@ -191,52 +166,11 @@ def test_child_exiting_normally(kwargs: Dict[str, Any]) -> None:
 
 def test_registered_engine_pool_reconnects_and_the_parents_session_survives_20_children(
         mysql_url: str) -> None:
-    seen = engine_children_keep_the_parents_session(mysql_url, "pymysql")
-    children = seen["children"]
-    for child in children:
-        assert child["error"] == RETIRED, child  # the dropped idle connection was retired
-        assert CALLS in child["message"]
-        # the dropped one stays referenced by the engine's adapter: no finalizer runs in the child
-        assert child["again"] == child["mine"] and not child["collected"]
-    own = {child["mine"] for child in children}
-    assert len(own) == CHILDREN and seen["parent"] not in own
-    assert seen["after"] == seen["parent"]
-    base, after = seen["questions"]
-    assert after == base
+    assert_engine_children_kept_the_parents_session(mysql_url, "pymysql", CALLS, RETIRED)
 
 
 # -- the guard ---------------------------------------------------------------------------------
 
 def test_guard_names_an_unmanaged_connection_and_its_line(kwargs: Dict[str, Any],
                                                           restore_guard: None) -> None:
-    postfork.guard("warn")
-    unmanaged = pymysql.connect(**kwargs)
-    line = sys._getframe().f_lineno - 1
-    managed = postfork.register(pymysql.connect(**kwargs))
-    managed_line = sys._getframe().f_lineno - 1
-    local = postfork.local(lambda: pymysql.connect(**kwargs))
-    local_line = sys._getframe().f_lineno - 1
-    for conn in (unmanaged, managed, local):
-        connection_id(conn)
-    here = os.path.relpath(__file__)
-
-    def in_child() -> List[Any]:
-        try:
-            report = postfork.reset_all()
-        except postfork.ForkSafetyError as exc:
-            report = exc.report
-        return [(f.kind, f.subject, f.created_at, str(f)) for f in report.findings
-                if f.created_at is not None and f.created_at.startswith(here + ":")]
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            findings = run_in_child(in_child)
-    finally:
-        postfork.unregister(managed)
-    assert [(kind, subject, site) for kind, subject, site, _ in findings] == [
-        ("client", "pymysql.Connection", f"{here}:{line}")], findings
-    assert "pymysql.connect(...)" in findings[0][3]  # the fix names what to build per process
-    assert f"{here}:{managed_line}" not in str(findings) and f"{here}:{local_line}" not in str(findings)
-    for conn in (unmanaged, managed, local):
-        conn.close()
+    assert_guard_names_an_unmanaged_connection_and_its_line(pymysql, kwargs)

@@ -28,26 +28,13 @@ from redis.cluster import RedisCluster  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
 import postfork  # noqa: E402
+from _gate import Gate  # noqa: E402
 from _locks import held_by_a_parent_thread  # noqa: E402
 from postfork.testing import ChildError, fork_child, run_in_child  # noqa: E402
 
 REQUIRED = os.environ.get("POSTFORK_REQUIRE_SERVICES") == "1"
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def managed() -> Iterator[Callable[[Any], Any]]:
-    """``managed(obj)`` registers obj for this test only."""
-    objs: List[Any] = []
-
-    def register(obj: Any) -> Any:
-        objs.append(postfork.register(obj))
-        return obj
-
-    yield register
-    for obj in objs:
-        postfork.unregister(obj)
 
 
 @pytest.fixture
@@ -78,25 +65,6 @@ def open_socket_inodes() -> List[int]:
         if stat.S_ISSOCK(st.st_mode):
             inodes.append(st.st_ino)
     return inodes
-
-
-class Gate:
-    """A pipe that N forked processes wait on until the parent opens it."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-
-    def wait(self, timeout: float = 30.0) -> None:
-        ready, _, _ = select.select([self.r], [], [], timeout)
-        assert ready, "gate never opened"
-        os.read(self.r, 1)
-
-    def open(self, n: int) -> None:
-        os.write(self.w, b"x" * n)
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
 
 
 NL = b"\n"

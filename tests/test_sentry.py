@@ -18,9 +18,6 @@ import collections
 import gzip
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -28,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import postfork
+from _guard_script import client_findings
 from _http_peer import Peer, Request
 from postfork.testing import ChildError, fork_child
 
@@ -192,20 +190,11 @@ def test_flush_in_a_master_thread_at_fork(managed: bool, endpoint: Tuple[Peer, E
 # -- the guard -------------------------------------------------------------------------------
 
 def test_guard_names_an_unmanaged_client_with_its_line(tmp_path: Path) -> None:
-    code = textwrap.dedent("""
+    code = """
         import os, postfork, sentry_sdk
         postfork.guard("warn")
         managed = postfork.register(sentry_sdk.Client(dsn="http://public@127.0.0.1:9/1"))
         sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", default_integrations=False)
-        pid = os.fork()
-        if pid == 0:
-            findings = postfork.check()
-            print([(f.kind, f.subject, f.created_at) for f in findings if f.kind == "client"])
-            os._exit(0)
-        os.waitpid(pid, 0)
-    """)
-    script = tmp_path / "app.py"
-    script.write_text(code)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    """
+    done = client_findings(tmp_path, code)
     assert done.stdout.strip() == str([("client", "sentry_sdk._Client", "app.py:5")]), done.stderr
