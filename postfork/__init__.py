@@ -1,9 +1,11 @@
 """postfork: fork-safe network clients for prefork servers.
 
 Register a client once (``postfork.register(client)``) or build it per process
-(``postfork.local(factory)``); every process forked afterwards resets it before use. Importing
-postfork installs the ``os.register_at_fork`` hook that runs :func:`reset_all` in each child;
-the server integrations in ``postfork.integrations`` run it again where a server skips that hook.
+(``postfork.local(factory)``); every process forked afterwards resets it before use. The first
+registration (or ``postfork.guard()``) installs the ``os.register_at_fork`` hook that runs
+:func:`reset_all` in each child; the server integrations in ``postfork.integrations`` run it
+again where a server skips that hook. ``import postfork`` alone imports no client library and
+not ``logging``.
 """
 
 from __future__ import annotations

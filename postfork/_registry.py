@@ -18,12 +18,7 @@ dead key, and the next change removes the entry.
 
 from __future__ import annotations
 
-# logging first, before our at-fork hook is installed below: at-fork child hooks run in the
-# order they were registered, and logging's re-creates its handlers' locks. A failing reset
-# logs from our hook; had ours run first, a handler lock held by a parent thread at fork
-# would hang the child.
 import gc
-import logging
 import os
 import threading
 import time
@@ -50,9 +45,19 @@ if TYPE_CHECKING:
         def verdict(self, report: Report) -> None: ...
 
 __all__ = ["register", "unregister", "after_fork", "reset_all", "close_all", "registered",
-           "REGISTRY", "Registry", "log"]
+           "REGISTRY", "Registry", "log", "install_hook"]
 
-log = logging.getLogger("postfork")
+class _Log:
+    """The ``postfork`` logger; ``logging`` is imported by :func:`install_hook`, not by
+    ``import postfork`` (it is most of what importing postfork would cost)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("postfork"), name)
+
+
+log = _Log()
 
 
 class _Registration:
@@ -88,6 +93,7 @@ class Registry:
 
     def add(self, obj: Any, adapter: Adapter, name: str, strong: bool = False) -> None:
         _settings.check()  # a bad POSTFORK_GUARD/POSTFORK_STRICT fails here, not silently later
+        install_hook()
         key = id(obj)
         ref: Callable[[], Any]
         try:
@@ -378,5 +384,21 @@ def reset_all(*, force: bool = False) -> Report:
     return REGISTRY.run(force=force)
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+_hooked = False
+
+
+def install_hook() -> None:
+    """Install the at-fork hook that runs the resets in every child: at the first registration
+    (or when the guard is switched on), not at import, and always after ``logging``'s.
+
+    At-fork child hooks run in the order they were registered, and logging's re-creates its
+    handlers' locks. A failing reset logs from our hook; had ours run first, a handler lock a
+    parent thread held at fork would hang the child. So ``logging`` is imported first, here:
+    an application that registers nothing pays for neither."""
+    global _hooked
+    if _hooked or not hasattr(os, "register_at_fork"):  # Windows has no fork
+        return
+    _hooked = True
+    import logging  # noqa: F401 - for its at-fork hook, registered before ours
+
     os.register_at_fork(before=REGISTRY.before_fork, after_in_child=REGISTRY.after_fork_in_child)

@@ -66,13 +66,27 @@ _LOGGING_LOCK_HELD_AT_FORK = """
 """
 
 
-@pytest.mark.parametrize("first", ["import postfork\nimport logging", "import logging\nimport postfork"])
+@pytest.mark.parametrize("first", ["import postfork\nimport logging", "import logging\nimport postfork",
+                                   "import postfork\npostfork.after_fork(lambda: None)\nimport logging"],
+                         ids=["postfork-first", "logging-first", "registered-before-logging"])
 def test_failing_reset_logs_without_hanging_whatever_was_imported_first(first: str) -> None:
     # Regression: postfork imported before logging registered its at-fork hook first, so the
     # child logged the failure through a handler whose lock a parent thread held: it hung.
     done = _run(_LOGGING_LOCK_HELD_AT_FORK.format(first=first.replace("\n", "\n    ")))
     assert done.stdout.split() == ["exit", "7"], (done.stdout, done.stderr)
     assert "this reset fails" in done.stderr  # the failure was logged, in the child
+
+
+def test_import_postfork_alone_imports_no_logging() -> None:
+    # logging (and its traceback, string...) is most of what importing postfork would cost: it
+    # comes with the at-fork hook, at the first registration or when the guard is switched on.
+    done = _run("""
+        import sys, postfork
+        print("logging" in sys.modules)
+        postfork.after_fork(lambda: None)
+        print("logging" in sys.modules)
+    """)
+    assert done.stdout.split() == ["False", "True"], done.stderr
 
 
 # -- no lock taken from a weakref callback or a finalizer --------------------------------------

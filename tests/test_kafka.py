@@ -317,8 +317,8 @@ def test_guard_names_a_plain_handle_by_its_line(kafka_broker: Broker, topic: str
                                                 registered: bool) -> None:
     """The binding's Producer and Consumer are static C types (no ``__new__`` to set, no weak
     references): the guard observes them at their ``tp_new`` slot. Unmanaged, the guard names
-    the client with its creation line and its inherited connection to the broker; registered,
-    the connection is retired and the guard finds nothing."""
+    the client with its creation line (and a Producer's inherited connection to the broker);
+    registered, the connection is retired and the guard does not name it."""
     postfork.guard("warn")
     if kind == "Producer":
         handle: Any = Producer(conf(kafka_broker))
@@ -343,7 +343,8 @@ def test_guard_names_a_plain_handle_by_its_line(kafka_broker: Broker, topic: str
         assert kafka_broker[0] not in sockets, found
     else:
         assert ("client", f"confluent_kafka.{kind}", f"{here}:{line}") in clients, found
-        assert kafka_broker[0] in sockets, found
+        if kind == "Producer":  # (a Consumer's own connections come and go with its group
+            assert kafka_broker[0] in sockets, found  # coordinator lookups: not checked)
 
 
 def test_tracking_a_plain_handle_is_invisible(kafka_broker: Broker, restore_guard: None) -> None:

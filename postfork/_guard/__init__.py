@@ -18,7 +18,7 @@ from .. import _settings
 from .._errors import ConfigError, ForkSafetyError, ForkSafetyWarning
 from .._lookup import calls_for, find_adapter, fix_for, type_name
 from .._mphooks import forked_by_multiprocessing, handlers, multiprocessing_after_fork
-from .._registry import REGISTRY, log, registered, run_one
+from .._registry import REGISTRY, install_hook, log, registered, run_one
 from .._report import Entry, Finding, Report
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs 3 ms at startup
@@ -87,6 +87,7 @@ def _apply() -> None:
         if not _snapshot_installed and hasattr(os, "register_at_fork"):
             _snapshot_installed = True
             os.register_at_fork(before=_before_fork)
+        install_hook()
         if _OBSERVER not in REGISTRY.observers:
             REGISTRY.observers.append(_OBSERVER)
     elif _OBSERVER in REGISTRY.observers:
@@ -113,7 +114,9 @@ def guard(mode: str = "warn") -> None:
     Call it in the master before the application builds its clients: only clients built while
     the guard is on are known by type and creation site. This call wins over ``POSTFORK_GUARD``.
     """
-    _set_mode(_settings.parse_guard(mode, "postfork.guard(mode)"))
+    value = _settings.parse_guard(mode, "postfork.guard(mode)")
+    install_hook()  # using postfork, whatever the mode: the resets run in every child
+    _set_mode(value)
 
 
 def guard_default(mode: str = "warn") -> None:
