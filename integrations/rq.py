@@ -12,7 +12,7 @@ An RQ worker forks a work horse (``Worker.fork_work_horse``, ``os.fork``) for ev
 horse inherits every client the worker process holds: those the application built at import,
 and their connections as the worker left them after the last job, if the worker used them
 between jobs. postfork's at-fork hook runs ``postfork.reset_all()`` in each horse, since each
-horse is a new process; importing postfork is all that takes. This class adds what the hook
+horse is a new process; registering the clients is all that takes. This class adds what the hook
 cannot do:
 
 - it writes the hook's summary line (``postfork: reset N clients in X ms (pid P), 0 failed``)
