@@ -469,3 +469,36 @@ def test_celery_prefork_names_only_the_unmanaged_client(tmp_path: Any, redis_url
     assert all("1 guard finding" in line and "0 failed" in line for line in resets), server.describe()
     sites = {line.split(": ForkSafetyWarning")[0].rsplit("] ", 1)[-1] for line in _findings_lines(log)}
     assert sites == set(_marked("celery_app.py")), server.describe()
+
+
+def test_the_guard_never_evaluates_a_proxy() -> None:
+    """A proxy answers ``isinstance`` through its ``__class__``, which evaluates it: Celery's own
+    tests trap ``current_app`` so ("Test depends on current_app"), Django's ``SimpleLazyObject``
+    would run its setup. The guard reads real types only: a trap held in a module global and
+    by a client is never sprung, in the master's check or in a child's."""
+    code = textwrap.dedent("""
+        import http.client, os, sys, postfork
+        postfork.guard("warn")
+        sprung = []
+        class Trap:
+            @property
+            def __class__(self):
+                sprung.append(os.getpid())
+                raise RuntimeError("Test depends on current_app")
+        TRAP = Trap()                      # a module global, as `from celery import current_app`
+        client = http.client.HTTPConnection("127.0.0.1", 9)  # a tracked client holding one
+        client.trap = TRAP
+        def child():
+            report = postfork.reset_all()
+            os._exit(0 if not sprung and not report.failed else 3)
+        postfork.check()
+        pid = os.fork()
+        if pid == 0:
+            child()
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), sprung)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFORK_")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["0", "[]"], (done.stdout, done.stderr)
+    assert "the guard failed" not in done.stderr, done.stderr

@@ -28,6 +28,13 @@ from ._tracking import Origin, is_server_site, origins, records
 __all__ = ["Snapshot", "take_snapshot", "snapshot", "managed_ids", "references", "is_managed",
            "client_roots", "socket_origins", "type_name", "alive_threads"]
 
+def _is(value: Any, types: Any) -> bool:
+    """``isinstance`` by the real type only: ``isinstance`` also asks ``value.__class__``, which
+    a proxy forwards and so evaluates (Django's ``SimpleLazyObject``, werkzeug's ``LocalProxy``,
+    Celery's ``current_app``, whose test trap raises)."""
+    return issubclass(type(value), types)
+
+
 class Snapshot:
     """Taken in the parent just before fork, read in the child."""
 
@@ -95,9 +102,9 @@ def references(obj: Any) -> Iterable[Any]:
     out: List[Any] = []
     for value in _attribute_values(obj):
         out.append(value)
-        if isinstance(value, dict):
+        if _is(value, dict):
             out.extend(list(value.values())[:1000])
-        elif isinstance(value, (list, tuple, set, frozenset)) or type(value).__name__ == "deque":
+        elif _is(value, (list, tuple, set, frozenset)) or type(value).__name__ == "deque":
             out.extend(list(value)[:1000])
     return out
 
@@ -115,7 +122,7 @@ def _reachable(obj: Any, tracked: Set[int], depth: int = 5, budget: int = 2000) 
         for item in layer:
             for ref in references(item):
                 key = id(ref)
-                if key in seen or isinstance(ref, (str, bytes, int, float, type(None), type)):
+                if key in seen or _is(ref, (str, bytes, int, float, type(None), type)):
                     continue
                 seen.add(key)
                 if key in tracked:
@@ -156,7 +163,7 @@ def client_roots(ids: Set[int]) -> List[Tuple[Any, Origin, bool]]:
     tracked client (the pool that ``Redis.from_url`` builds first) is covered by that one;
     clients a prefork server built for itself (Celery's broker connection) are left out."""
     live = [(o(), o) for o in origins()]
-    live = [(obj, o) for obj, o in live if obj is not None and not isinstance(obj, socket.socket)]
+    live = [(obj, o) for obj, o in live if obj is not None and not _is(obj, socket.socket)]
     tracked = {id(obj) for obj, _ in live}
     covered: Set[int] = set()
     for obj, origin in live:
@@ -182,7 +189,7 @@ def socket_origins(here: int) -> Dict[int, Origin]:
         # Sockets a client holds directly but did not build through a tracked call (paho's
         # wake-up socketpair: one end comes from accept()) are that client's too.
         for ref in references(obj):
-            if isinstance(ref, socket.socket) and not isinstance(obj, socket.socket):
+            if _is(ref, socket.socket) and not _is(obj, socket.socket):
                 fd = ref.fileno()
                 if fd >= 0 and fd not in by_fd:
                     by_fd[fd] = origin
@@ -194,7 +201,7 @@ def socket_origins(here: int) -> Dict[int, Origin]:
             fd = fileno()
         except Exception:  # closed
             continue
-        if isinstance(fd, int) and fd >= 0 and (fd not in by_fd or isinstance(obj, socket.socket)):
+        if _is(fd, int) and fd >= 0 and (fd not in by_fd or _is(obj, socket.socket)):
             by_fd[fd] = origin
     return by_fd
 
@@ -210,7 +217,7 @@ def bound_to_a_loop(obj: Any, depth: int = 3, budget: int = 300) -> bool:
         following: List[Any] = []
         for item in layer:
             for ref in references(item):
-                if id(ref) in seen or isinstance(ref, (str, bytes, int, float, type(None))):
+                if id(ref) in seen or _is(ref, (str, bytes, int, float, type(None))):
                     continue
                 seen.add(id(ref))
                 if type(ref).__module__.startswith("asyncio."):
@@ -235,7 +242,7 @@ def app_files(managed: Set[int]) -> List[Tuple[str, Any]]:
         if name != "__main__" and (not path or path.startswith(skip)):
             continue
         for attr, value in list(getattr(module, "__dict__", {}).items()):
-            if (isinstance(value, io.IOBase) and id(value) not in managed and not value.closed
+            if (_is(value, io.IOBase) and id(value) not in managed and not value.closed
                     and _writes_a_file(value)):
                 found.append((f"{name}.{attr}", value))
     return found
