@@ -29,7 +29,6 @@ _P = ctypes.sizeof(ctypes.c_void_p)
 # Word indexes in PyTypeObject (Include/cpython/object.h): the 3-word object header, then
 # tp_name at 3 ... tp_flags at 21, tp_base at 32, tp_dictoffset at 36, tp_new at 39.
 _BASICSIZE, _ITEMSIZE, _FLAGS, _BASE, _DICTOFFSET, _NEW = 4, 5, 21, 32, 36, 39
-_HEAPTYPE = 1 << 9
 
 _NewFunc = ctypes.CFUNCTYPE(ctypes.py_object, ctypes.py_object, ctypes.py_object, ctypes.c_void_p)
 # The original is called with the GIL held (PYFUNCTYPE), and its error, if any, raised here.
@@ -52,10 +51,10 @@ def _layout_is_known(cls: type) -> bool:
 
 
 def wrap_tp_new(cls: type, observe: Callable[[Any, FrameType], None]) -> bool:
-    """Call ``observe(obj, caller's frame)`` for every object ``cls`` (or a subclass that
-    inherits its ``tp_new``) builds. False, and nothing changed, when ``cls`` is not a static
-    type of a known layout."""
-    if cls.__flags__ & _HEAPTYPE or not _layout_is_known(cls):
+    """Call ``observe(obj, caller's frame)`` for every object the static type ``cls`` (or a
+    subclass that inherits its ``tp_new``) builds; the caller has told static from heap types.
+    False, and nothing changed, when the layout is not the one known here."""
+    if not _layout_is_known(cls):
         return False
     slot = ctypes.c_void_p.from_address(id(cls) + _NEW * _P)
     address = slot.value

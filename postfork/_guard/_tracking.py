@@ -358,7 +358,7 @@ def _wrap_new(cls: type, leaf: bool, fileno_at: Optional[int] = None) -> None:
     cls.__new__ = staticmethod(__new__)  # type: ignore[assignment]
 
 
-_HEAPTYPE = 1 << 9
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not by C
 
 
 def _wrap_static(cls: type, leaf: bool) -> None:
