@@ -12,8 +12,9 @@ it gives each worker's first RPC one of three outcomes, at random — a new conn
 ``UNAVAILABLE: Stream removed (sendmsg: Wrong file descriptor generation)``, or, when a master
 thread was inside an RPC at fork, a hang (killed after 6 s) — and no run had all 6 workers
 succeed. With ``GRPC_ENABLE_FORK_SUPPORT=1`` set before ``import grpc`` and a master thread
-inside an RPC at fork, every worker hung in grpc's own fork handler, before any Python code of
-the worker (postfork's included) ran; without it, in workers forked while a master thread was
+inside an RPC at fork, the workers hung in grpc's own fork handler, before any Python code of
+the worker (postfork's included) ran (in one CI run, 1 of the 6 failed with ``UNAVAILABLE``
+instead; none ever succeeded); without it, in workers forked while a master thread was
 inside an RPC, even a channel built in the worker crashed the worker (SIGSEGV in grpc core) in 5
 of 120 workers. Those two nobody but grpc can mend: make no RPC in the master.
 """
@@ -108,8 +109,10 @@ def test_inherited_channel_without_and_with_fork_support(port: int) -> None:
                for c in seen[False, busy]["children"]]
     # Without fork support the inherited channel is a lottery: never all twelve succeed.
     assert without.count("own connection") < len(without), without
-    # With it, a master thread inside an RPC at fork hangs every worker in grpc's fork handler.
-    assert seen[True, True]["children"] == ["hung"] * 6, seen[True, True]
+    # With it, a master thread inside an RPC at fork hangs the workers in grpc's fork handler:
+    # none succeeds, and hanging is the rule (once, 1 of 6 failed with UNAVAILABLE instead).
+    busy = [kind(c, seen[True, True]["master"]) for c in seen[True, True]["children"]]
+    assert "own connection" not in busy and busy.count("hung") >= len(busy) // 2, seen[True, True]
 
 
 # -- postfork: retired in the worker, a channel of its own through postfork.local --------------
@@ -118,7 +121,7 @@ def test_inherited_channel_without_and_with_fork_support(port: int) -> None:
 def test_registered_channel_is_retired_and_local_gives_each_worker_its_own(
         port: int, fork_support: bool) -> None:
     # No master thread inside an RPC at fork: with one, grpc core is broken in the worker
-    # whatever postfork does (with fork support every worker hangs in grpc's fork handler;
+    # whatever postfork does (with fork support the workers hang in grpc's fork handler;
     # without it, a worker's own new channel crashed with SIGSEGV in 5 of 120 workers, measured
     # without postfork at all).
     run = result(start("registered", port, False, 3, fork_support))
