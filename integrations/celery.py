@@ -14,11 +14,11 @@ In strict mode (``POSTFORK_STRICT=1``, or the guard in ``raise`` mode) a pool pr
 reset failed exits before it takes a task, after logging which client failed (Celery alone
 would log the exception and run tasks), and stops the worker: it sends the main process
 SIGQUIT, Celery's cold shutdown, and the worker exits with code 1 (``worker_shutting_down``
-sets it; Celery's cold shutdown alone exits 0). Celery's own check ("Could
-not start worker processes") is not enough: it looks at the pool once, when the consumer is
-ready, so a pool process that fails after that moment (a slow start under load, or any
-replacement: ``--max-tasks-per-child``, a killed process) is only replaced, and its
-replacement fails again, hundreds of times a minute.
+sets it; Celery's cold shutdown alone exits 0). Celery's own check ("Could not start worker
+processes") is not enough: it looks at the pool once, when the consumer is ready, so a pool
+process that fails after that moment (a slow start under load, or any replacement:
+``--max-tasks-per-child``, a killed process) is only replaced, and its replacement fails again,
+hundreds of times a minute.
 """
 
 from __future__ import annotations
@@ -57,10 +57,9 @@ def on_worker_process_init(**_: Any) -> None:
         # Celery would log this and let the process run tasks with a client that failed to
         # reset. Strict mode asked for the opposite: leave before taking any task.
         parent = os.getppid()
-        # billiard forks pool processes from the main process, which installed Celery's
-        # SIGQUIT handler (cold shutdown) before it built the pool; pool processes
-        # reset SIGTERM, SIGHUP and SIGUSR1 but keep SIGQUIT's, so a Python handler here is the
-        # main process's. Without one (a WorkController built by hand) the signal would kill
+        # billiard forks pool processes from the main process, which installed Celery's SIGQUIT
+        # handler (cold shutdown) before it built the pool; pool processes reset SIGTERM,
+        # SIGHUP and SIGUSR1 but keep SIGQUIT's, so a Python handler here is the main process's. Without one (a WorkController built by hand) the signal would kill
         # the main process outright: then only Celery's start-up check can stop it.
         stops = parent != 1 and callable(signal.getsignal(signal.SIGQUIT))
         if _failed is not None:
