@@ -59,8 +59,9 @@ def on_worker_process_init(**_: Any) -> None:
         parent = os.getppid()
         # billiard forks pool processes from the main process, which installed Celery's SIGQUIT
         # handler (cold shutdown) before it built the pool; pool processes reset SIGTERM,
-        # SIGHUP and SIGUSR1 but keep SIGQUIT's, so a Python handler here is the main process's. Without one (a WorkController built by hand) the signal would kill
-        # the main process outright: then only Celery's start-up check can stop it.
+        # SIGHUP and SIGUSR1 but keep SIGQUIT's, so a Python handler here is the main
+        # process's. Without one (a WorkController built by hand) the signal would kill the
+        # main process outright: then only Celery's start-up check can stop it.
         stops = parent != 1 and callable(signal.getsignal(signal.SIGQUIT))
         if _failed is not None:
             _failed[0] = 1
