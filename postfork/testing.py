@@ -63,20 +63,23 @@ class Child:
         self._value: Any = None
 
     def result(self, timeout: float = 60.0) -> Any:
+        """What the child returned. A child with no answer after ``timeout`` s is killed
+        (:class:`ChildError`); an answer already written is read even at ``timeout=0``."""
         if self._done:
             return self._value
         deadline = time.monotonic() + timeout
         chunks: List[bytes] = []
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            # What has arrived is read even past the deadline: a child that finished in time is
+            # never called hung because this process read its answer late.
+            ready, _, _ = select.select([self._fd], [], [], max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                if time.monotonic() < deadline:
+                    continue
                 os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
                 os.close(self._fd)
                 raise ChildError(f"child {self.pid} did not finish within {timeout} s (killed)")
-            ready, _, _ = select.select([self._fd], [], [], left)
-            if not ready:
-                continue
             chunk = os.read(self._fd, 1 << 16)
             if not chunk:
                 break

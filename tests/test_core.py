@@ -17,6 +17,7 @@ from typing import Any, List
 import pytest
 
 import postfork
+from _polling import wait_until
 from postfork import _lookup as _adapters
 from postfork._registry import REGISTRY
 from postfork.testing import ChildError, fork_child, run_in_child
@@ -252,6 +253,25 @@ def test_strict_mode_surfaces_through_run_in_child(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("POSTFORK_STRICT", "1")
     with pytest.raises(ChildError, match="ResetError"):
         run_in_child(lambda: None)
+
+
+def test_a_child_that_finished_is_never_called_hung() -> None:
+    """``Child.result`` reads what already arrived before it looks at the deadline: a finished
+    child's answer is returned even at ``timeout=0`` (it used to be killed as "did not finish"
+    when the deadline passed between two reads of a complete answer). A child with no answer is
+    still killed."""
+    done = fork_child(lambda: "x" * 1000)  # within a pipe's buffer: the child can exit
+    assert wait_until(lambda: _exited(done.pid), 30)
+    assert done.result(timeout=0) == "x" * 1000
+    silent = fork_child(lambda: __import__("time").sleep(60))
+    with pytest.raises(ChildError, match="did not finish within 0.2 s"):
+        silent.result(timeout=0.2)
+
+
+def _exited(pid: int) -> bool:
+    """The child has exited and waits to be reaped: everything it wrote is in the pipe."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 # -- bad input -----------------------------------------------------------------------------
