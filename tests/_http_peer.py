@@ -30,6 +30,7 @@ class Connection:
     def __init__(self, port: int) -> None:
         self.port = port
         self.requests: List[str] = []
+        self.answered = 0  # answers written to the socket in full
         self.bytes = 0
         self.closed_by_client = False
         self.error: Optional[str] = None  # what broke the connection on the server's side
@@ -175,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+        self.record.answered += 1
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve  # noqa: N815 - http.server's names
 

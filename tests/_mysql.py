@@ -57,6 +57,14 @@ def questions(conn: Any) -> int:
     return int(one(conn, "SHOW SESSION STATUS LIKE 'Questions'")[1])
 
 
+def session_ended(observer: Any, session: int, within: float = 10.0) -> bool:
+    """The server ended ``session``: it leaves PROCESSLIST a moment after the server closed its
+    socket (the client has seen EOF by then, the list not yet)."""
+    from _polling import wait_until
+
+    return bool(wait_until(lambda: session not in sessions(observer), within))
+
+
 def sessions(observer: Any) -> Dict[int, Tuple[str, str]]:
     """The server's sessions: ``{id: (command, info)}`` from ``information_schema.PROCESSLIST``."""
     cur = observer.cursor()
@@ -337,11 +345,22 @@ RETIRED_USES: Dict[str, Callable[[Any], Any]] = {
 def replies_crossed(conn: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Parent and a forked child both ask ``SELECT <own tag>, i`` on ``conn`` for half a second;
     (the parent's count, the child's)."""
+    from _gate import Gate
     from postfork.testing import fork_child
 
-    child = fork_child(crossed_replies, conn, 2, 0.5)
-    mine = crossed_replies(conn, 1, 0.5)
-    return mine, child.result(timeout=30)
+    gate = Gate()  # both start asking together: a child slow to start still overlaps the parent
+
+    def child() -> Dict[str, Any]:
+        gate.wait()
+        return crossed_replies(conn, 2, 0.5)
+
+    try:
+        started = fork_child(child)
+        gate.open(1)
+        mine = crossed_replies(conn, 1, 0.5)
+        return mine, started.result(timeout=30)
+    finally:
+        gate.close()
 
 
 def assert_children_kept_the_parents_session(driver: Any, kwargs: Dict[str, Any], observer: Any,

@@ -105,7 +105,7 @@ def test_unmanaged_worker_sends_on_the_masters_connection(node: Peer) -> None:
 
 def test_unmanaged_workers_together(tmp_path: Path) -> None:
     """Four workers reading their own document over one inherited client at the same time:
-    every one of them writes on the master's connection, so each may read another's answer."""
+    they write on the master's connection, so each may read another's answer."""
     with Peer(handle=Node()) as peer:
         es = client(peer)
         for n in range(4):
@@ -125,10 +125,12 @@ def test_unmanaged_workers_together(tmp_path: Path) -> None:
         results = [c.result(60) for c in [fork_child(worker, n) for n in range(4)]]
         on_master = [p for p in peer.connection(master).requests if p.startswith("/doc/_doc/")]
         es.close()
-    # Every worker's first request went down the master's connection; whatever else happened
-    # (answers read by the wrong process, timeouts), not every worker got all its own answers
-    # on a connection of its own.
-    assert {f"/doc/_doc/{n}" for n in range(4)} <= set(on_master)
+    # Workers' requests went down the master's connection. Not necessarily every worker's: a
+    # worker that finds another's answer waiting unread on the inherited socket takes it for a
+    # dropped connection (urllib3's is_connection_dropped) and opens one of its own. Whatever
+    # else happened (answers read by the wrong process, timeouts), not every worker got all its
+    # own answers on a connection of its own.
+    assert {f"/doc/_doc/{n}" for n in range(4)} & set(on_master)
     assert sum(r["wrong"] + r["error"] for r in results) + len(on_master) > 4
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -80,7 +79,8 @@ def test_unmanaged_async_client_fails_in_the_worker_loop_and_costs_the_master_it
         assert "bound to a different event loop" in error
         # ...after the child's request went out on the master's connection
         assert eventually(lambda: peer.connection(parent_port).requests == ["/before", "/child"])
-        time.sleep(0.1)  # the server's answer to the child lands, unread, on the master's socket
+        # the server's answer to the child lands, unread, on the master's socket
+        assert eventually(lambda: peer.connection(parent_port).answered == 2)
         # httpcore finds the master's idle connection readable (the child's answer): it drops
         # it and connects again
         assert master_loop.run(aget(client, peer.url + "/after"))["port"] != parent_port

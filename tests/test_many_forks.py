@@ -7,6 +7,7 @@ and the last 100 children is printed (run with ``-s``) for the record.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import statistics
@@ -52,8 +53,12 @@ def test_a_thousand_forks_leak_nothing_and_stay_flat(redis_url: str, postgres_ds
         assert report.ok and len(report.entries) >= 6, str(report)
         return report.seconds
 
+    # Collected before each count: an earlier test's garbage finalized during the loop would
+    # otherwise close a descriptor of its own and hide, or fake, a change.
+    gc.collect()
     before = _fds()
     times = [fork_child(child, reset=False).result(timeout=30) for _ in range(FORKS)]
+    gc.collect()
     after = _fds()
     try:
         assert after == before, (before, after)

@@ -23,8 +23,8 @@ import postfork
 from _mysql import (RETIRED_USES, assert_children_kept_the_parents_session,
                     assert_engine_children_kept_the_parents_session,
                     assert_guard_names_an_unmanaged_connection_and_its_line, connect_kwargs,
-                    connection_id, in_a_query_at_fork, replies_crossed, retired_use, sessions,
-                    sessions_after_a_child_exits_normally, unmanaged_engine_child)
+                    connection_id, in_a_query_at_fork, replies_crossed, retired_use, session_ended,
+                    sessions, sessions_after_a_child_exits_normally, unmanaged_engine_child)
 from postfork.testing import run_in_child
 
 MySQLdb = pytest.importorskip("MySQLdb")
@@ -65,7 +65,7 @@ def test_unmanaged_connection_closed_or_collected_in_a_child_ends_the_parents_se
     with pytest.raises(MySQLdb.OperationalError) as info:
         connection_id(holder[0])
     assert info.value.args[0] == 2013  # Lost connection to server during query
-    assert parent not in sessions(observer)
+    assert session_ended(observer, parent)
 
 
 def test_unmanaged_connection_used_by_parent_and_child_crosses_replies(

@@ -7,6 +7,7 @@ from the server's side with ``pg_backend_pid()``.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from typing import Any, Iterator, Tuple
@@ -81,6 +82,7 @@ def _query_after_plain_close(conn: Any, redis_url: str) -> Tuple[bool, bool]:
     import redis
 
     fd = conn.fileno()
+    gc.disable()  # no collection may free a lower number before the Redis socket takes this one
     os.close(fd)
     r = redis.Redis.from_url(redis_url, single_connection_client=True)
     r.ping()

@@ -20,7 +20,7 @@ import postfork
 from _mysql import (RETIRED_USES, assert_children_kept_the_parents_session,
                     assert_engine_children_kept_the_parents_session,
                     assert_guard_names_an_unmanaged_connection_and_its_line, connect_kwargs,
-                    connection_id, in_a_query_at_fork, replies_crossed, retired_use, sessions,
+                    connection_id, in_a_query_at_fork, replies_crossed, retired_use, session_ended,
                     sessions_after_a_child_exits_normally, unmanaged_engine_child)
 from postfork.testing import ChildError, fork_child, run_in_child
 
@@ -53,7 +53,7 @@ def test_unmanaged_connection_closed_in_a_child_ends_the_parents_session(
     with pytest.raises(pymysql.err.OperationalError) as info:
         connection_id(conn)
     assert info.value.args[0] == 2013  # Lost connection to MySQL server during query
-    assert parent not in sessions(observer)  # the server ended the parent's session
+    assert session_ended(observer, parent)
 
 
 def test_unmanaged_connection_used_by_parent_and_child_crosses_replies(
@@ -130,7 +130,7 @@ def test_unmanaged_connection_with_a_parent_thread_in_a_query_hangs_the_childs_c
     assert answer["row"] == (0, "parent")
     with pytest.raises(pymysql.err.OperationalError):
         connection_id(conn)
-    assert parent not in sessions(observer)
+    assert session_ended(observer, parent)
 
 
 def test_parent_thread_inside_a_query_at_fork(kwargs: Dict[str, Any], observer: Any) -> None:
