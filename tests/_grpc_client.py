@@ -88,7 +88,9 @@ def fork_children(count: int, work: Any) -> List[Any]:
 
 
 def busy_thread(channel: Any) -> threading.Event:
-    stop = threading.Event()
+    """A master thread making RPCs back to back until the returned event is set; it has made
+    one before this returns, so the forks that follow find it inside the next."""
+    stop, going = threading.Event(), threading.Event()
 
     def loop() -> None:
         while not stop.is_set():
@@ -96,9 +98,10 @@ def busy_thread(channel: Any) -> threading.Event:
                 who(channel, "master")
             except grpc.RpcError:
                 pass
+            going.set()
 
     threading.Thread(target=loop, daemon=True).start()
-    time.sleep(0.05)
+    going.wait(30)
     return stop
 
 

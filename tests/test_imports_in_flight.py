@@ -27,14 +27,12 @@ REPRO = """
         import postfork
         postfork.guard("warn")
     with open(os.path.join(here, "slowmod.py"), "w") as f:
-        f.write("import time\\ntime.sleep(1.0)\\nVALUE = 42\\n")
-    started = threading.Event()
+        f.write("import __main__, time\\n__main__.inside.set()\\ntime.sleep(1.0)\\nVALUE = 42\\n")
+    inside = threading.Event()            # set by slowmod's body: its import lock is held
     def importer():
-        started.set()
         import slowmod
     threading.Thread(target=importer, name="lazy-importer", daemon=True).start()
-    started.wait()
-    time.sleep(0.3)                       # the thread is executing slowmod's body now
+    inside.wait()                         # the thread is executing slowmod's body now
     if mode == "hookless":                # a fork with no at-fork hook, as uWSGI's
         from postfork.testing import _fork_without_hooks
         pid = _fork_without_hooks()
@@ -100,10 +98,11 @@ def test_the_master_keeps_its_own_threads_imports(tmp_path: Path) -> None:
         import os, sys, threading, time
         sys.path.insert(0, sys.argv[1])
         with open(os.path.join(sys.argv[1], "slowmod2.py"), "w") as f:
-            f.write("import time\\ntime.sleep(0.6)\\nVALUE = 7\\n")
+            f.write("import __main__, time\\n__main__.inside.set()\\ntime.sleep(0.6)\\nVALUE = 7\\n")
         import postfork
+        inside = threading.Event()  # set by slowmod2's body: the thread is importing it
         t = threading.Thread(target=lambda: __import__("slowmod2"))
-        t.start(); time.sleep(0.2)
+        t.start(); inside.wait()
         print(postfork.reset_all().imports, "slowmod2" in sys.modules)
         t.join()
         import slowmod2
